@@ -1,0 +1,50 @@
+# Two commands for a fresh machine: `make run` and `make test`.
+# Every target installs what it needs first; a second run skips finished steps.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+TORCH_VERSION := 2.14.1
+TORCHVISION_VERSION := 0.29.1
+STAMP := $(VENV)/.vlseg-installed
+
+.PHONY: setup run test test-fast lint format phantoms preview browser clean
+
+setup: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+# torch first and pinned, so the project install below never pulls another build.
+$(VENV)/.torch-installed: | $(PY)
+	@$(PY) -c "import torch, torchvision, sys; sys.exit(torch.__version__.split('+')[0] != '$(TORCH_VERSION)')" 2>/dev/null \
+	  || $(PIP) install torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION)
+	@touch $@
+
+$(STAMP): pyproject.toml $(VENV)/.torch-installed
+	$(PIP) install -e ".[all]" torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION)
+	@touch $@
+
+# Debian chromium for the headless browser test (playwright never downloads its own).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+run: setup
+	$(VENV)/bin/vlseg phantoms --out runs/phantoms-preview --n 24 --seed 7 --preview docs/phantoms_contact_sheet.png
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,1 @@
+"""Prompt templates and prompt learners (no vlseg imports)."""

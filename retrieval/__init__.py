@@ -1,0 +1,1 @@
+"""faiss retrieval index over image-text embeddings (no vlseg imports)."""

@@ -1,0 +1,3 @@
+"""vlseg: vision-language referring segmentation for medical images."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,282 @@
+"""Abdominal CT slice phantoms.
+
+The renderer paints a Hounsfield-unit map (air, subcutaneous fat, muscle, liver, spleen, kidneys
+with renal sinus fat, contrast-filled aorta and IVC, a vertebra with cortical rim and canal, ribs,
+bowel with gas and fluid), blurs it with a scanner point-spread function, adds correlated noise and
+a low-frequency bias, and windows it to 8 bits. Images follow the radiological convention: the
+patient's right is on the image left.
+
+Held-out combination: a *hyperdense* lesion in the *left* lobe never appears outside
+``test_heldout``; that split always contains one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from . import language as lang
+from .sample import PhantomObject, Target
+from .shapes import Grid, centroid, random_blob, smooth_noise
+
+# Portal-venous phase contrast-enhanced values.
+HU = {"air": -1000.0, "fat": -95.0, "muscle": 55.0, "liver": 105.0, "spleen": 115.0,
+      "kidney": 170.0, "aorta": 190.0, "ivc": 130.0, "bone": 280.0, "cortex": 700.0,
+      "csf": 15.0, "cyst": 5.0, "bowel_wall": 45.0, "bowel_fluid": 15.0}
+HELDOUT_COMBOS = {("hyper", "left")}
+
+
+def _scanner(rng: np.random.Generator) -> dict[str, float]:
+    """A random "scanner" profile: noise, sharpness, calibration offset and display window."""
+    return {
+        "noise_hu": float(rng.uniform(6, 22)),
+        "blur_px": float(rng.uniform(0.4, 1.1)),
+        "offset_hu": float(rng.uniform(-12, 12)),
+        "level": float(rng.uniform(30, 60)),
+        "width": float(rng.uniform(350, 450)),
+        "bias_hu": float(rng.uniform(0, 15)),
+    }
+
+
+def _lesion_spec(rng: np.random.Generator, heldout: bool, force: tuple[str, str] | None):
+    if force is not None:
+        density, lobe = force
+    else:
+        while True:
+            density = "hypo" if rng.random() < 0.65 else "hyper"
+            lobe = "right" if rng.random() < 0.65 else "left"
+            if heldout or (density, lobe) not in HELDOUT_COMBOS:
+                break
+    size = "large" if rng.random() < 0.4 else "small"
+    return density, lobe, size
+
+
+def _place_lesion(rng, grid, liver, lobe_of, lobe, radius, taken) -> np.ndarray | None:
+    """Rejection-sample a lesion fully inside the liver's chosen lobe, not touching others."""
+    inner = ndimage.binary_erosion(liver, iterations=max(2, int(grid.px(radius)) + 2))
+    candidates = np.argwhere(inner & (lobe_of == (lobe == "left")) & ~taken)
+    if len(candidates) == 0:
+        return None
+    for _ in range(20):
+        r, c = candidates[rng.integers(len(candidates))]
+        cx, cy = float(grid.x[r, c]), float(grid.y[r, c])
+        shape = random_blob(grid, rng, cx, cy, radius * rng.uniform(0.85, 1.15), radius,
+                            irregularity=0.12, harmonics=3)
+        if not (shape & ~liver).any() and not (ndimage.binary_dilation(shape, iterations=2) & taken).any():
+            return shape
+    return None
+
+
+def render_ct(
+    rng: np.random.Generator, size: int, *, heldout: bool = False
+) -> tuple[np.ndarray, list[PhantomObject], dict[str, Any]]:
+    """Render one abdominal CT slice.
+
+    Args:
+        rng: random generator (the only source of randomness).
+        size: output side length in pixels.
+        heldout: allow (and include one) held-out attribute combination.
+
+    Returns:
+        ``(image, objects, attrs)``: an HxW uint8 windowed image, the annotated objects and the
+        image-level attributes (scanner profile, lesion count).
+    """
+    g = Grid.square(size)
+    hu = np.full((size, size), HU["air"], dtype=np.float32)
+    j = lambda s: rng.uniform(-s, s)  # noqa: E731  small jitter
+
+    body = random_blob(g, rng, j(0.03), 0.06 + j(0.03), 0.86 + j(0.05), 0.64 + j(0.05),
+                       irregularity=0.03, harmonics=3, angle=j(0.05))
+    fat_depth = int(g.px(rng.uniform(0.04, 0.1)))
+    inner = ndimage.binary_erosion(body, iterations=max(1, fat_depth))
+    hu[body] = HU["fat"]
+    # Abdominal wall muscle ring under the subcutaneous fat.
+    wall = inner & ~ndimage.binary_erosion(inner, iterations=max(2, int(g.px(0.04))))
+    hu[inner] = HU["fat"] + 25  # mesenteric and retroperitoneal fat
+    hu[wall] = HU["muscle"]
+    # Bowel loops: soft-tissue walls around fluid, some with gas, filling the anterior abdomen.
+    for _ in range(rng.integers(10, 18)):
+        loop = random_blob(g, rng, j(0.55), -0.05 + j(0.3), 0.07 + j(0.025), 0.06 + j(0.02),
+                           irregularity=0.12) & inner & ~wall
+        hu[loop] = HU["bowel_wall"] + j(10)
+        lumen = ndimage.binary_erosion(loop, iterations=2)
+        hu[lumen] = HU["bowel_fluid"] + j(15)
+        if rng.random() < 0.4 and lumen.any():
+            gas = random_blob(g, rng, *centroid(lumen, g), 0.03, 0.025, irregularity=0.1)
+            hu[gas & lumen] = HU["air"] + 100
+
+    # Organs, painted back to front so later ones occlude earlier ones.
+    liver = random_blob(g, rng, -0.36 + j(0.04), -0.12 + j(0.04), 0.36 + j(0.04), 0.34 + j(0.04),
+                        irregularity=0.06, angle=j(0.3))
+    left_lobe = random_blob(g, rng, 0.02 + j(0.04), -0.3 + j(0.03), 0.26 + j(0.03),
+                            0.13 + j(0.02), irregularity=0.05, angle=0.25 + j(0.1))
+    liver = (liver | left_lobe) & inner
+    falciform_x = float(np.percentile(g.x[liver], 70))  # the lobe boundary, for "left/right lobe"
+    lobe_left = g.x > falciform_x  # patient's left lobe lies on the image right
+    spleen = random_blob(g, rng, 0.55 + j(0.04), -0.05 + j(0.05), 0.13 + j(0.02), 0.22 + j(0.03),
+                         irregularity=0.07, angle=0.5 + j(0.2)) & inner & ~liver
+    kidneys = {}
+    for side, sx in (("right", -1.0), ("left", 1.0)):
+        k = random_blob(g, rng, sx * (0.34 + j(0.03)), 0.32 + j(0.04), 0.1 + j(0.015),
+                        0.14 + j(0.015), irregularity=0.04, angle=sx * (0.35 + j(0.15)))
+        kidneys[side] = k & inner & ~liver & ~spleen
+    vert_c = (j(0.02), 0.37 + j(0.03))
+    vbody = random_blob(g, rng, *vert_c, 0.12 + j(0.01), 0.1 + j(0.01), irregularity=0.02,
+                        angle=0.0)
+    arch = random_blob(g, rng, vert_c[0], vert_c[1] + 0.17, 0.1, 0.1, irregularity=0.25)
+    canal = random_blob(g, rng, vert_c[0], vert_c[1] + 0.14, 0.045, 0.04, irregularity=0.02)
+    spine = (vbody | arch) & inner
+    aorta = random_blob(g, rng, vert_c[0] + 0.09 + j(0.02), vert_c[1] - 0.17, 0.05, 0.05,
+                        irregularity=0.02) & inner & ~spine
+    ivc = random_blob(g, rng, vert_c[0] - 0.12, vert_c[1] - 0.17, 0.05, 0.035,
+                      irregularity=0.05) & inner & ~liver & ~spine & ~aorta
+
+    hu[spine] = HU["bone"]
+    hu[spine & ~ndimage.binary_erosion(spine, iterations=2)] = HU["cortex"]
+    hu[canal & spine] = HU["csf"]
+    # Psoas muscles beside the vertebra.
+    for sx in (-1.0, 1.0):
+        psoas = random_blob(g, rng, vert_c[0] + sx * 0.18, vert_c[1] + 0.02, 0.07, 0.09,
+                            irregularity=0.05) & inner & ~spine
+        hu[psoas] = HU["muscle"]
+    hu[liver] = HU["liver"] + j(10)
+    hu[spleen] = HU["spleen"] + j(10)
+    for k in kidneys.values():
+        hu[k] = HU["kidney"] + j(20)
+        kx, ky = centroid(k, g)
+        sinus = random_blob(g, rng, kx * 0.85, ky, 0.035, 0.06, irregularity=0.1) & k
+        hu[sinus] = HU["fat"] + 60  # renal sinus fat at the hilum, facing the spine
+    hu[aorta] = HU["aorta"] + j(30)
+    hu[ivc] = HU["ivc"] + j(20)
+    # Ribs: small bright ovals just inside the body wall.
+    for ang in rng.uniform(0.15 * np.pi, 0.85 * np.pi, rng.integers(4, 8)):
+        side = 1 if rng.random() < 0.5 else -1
+        rx, ry = 0.8 * np.cos(ang) * side, 0.02 + 0.55 * np.sin(ang)
+        rib = random_blob(g, rng, rx, ry - 0.45, 0.035, 0.025, irregularity=0.05)
+        hu[rib & body & ~inner] = HU["cortex"] * 0.7
+
+    objects = [PhantomObject("liver", "liver", liver),
+               PhantomObject("spleen", "spleen", spleen),
+               PhantomObject("kidney_right", "kidney", kidneys["right"], {"side": "right"}),
+               PhantomObject("kidney_left", "kidney", kidneys["left"], {"side": "left"}),
+               PhantomObject("spine", "spine", spine),
+               PhantomObject("aorta", "aorta", aorta)]
+
+    # Hepatic lesions; one held-out (hyperdense, left lobe) lesion is forced into test_heldout.
+    n_lesions = int(rng.choice([0, 1, 1, 2, 2, 3]))
+    if heldout:
+        n_lesions = max(n_lesions, 1)
+    taken = np.zeros_like(liver)
+    for i in range(n_lesions):
+        force = ("hyper", "left") if (heldout and i == 0) else None
+        density, lobe, size_cls = _lesion_spec(rng, heldout, force)
+        radius = rng.uniform(0.07, 0.1) if size_cls == "large" else rng.uniform(0.035, 0.055)
+        if lobe == "left":
+            radius *= 0.8  # the left lobe is thinner
+        shape = _place_lesion(rng, g, liver, lobe_left, lobe, radius, taken)
+        if shape is None:
+            continue
+        taken |= shape
+        contrast = rng.uniform(35, 60) if density == "hypo" else rng.uniform(40, 70)
+        hu[shape] = HU["liver"] + (-contrast if density == "hypo" else contrast)
+        if size_cls == "large" and density == "hypo" and rng.random() < 0.5:
+            core = ndimage.binary_erosion(shape, iterations=int(g.px(radius * 0.5)))
+            hu[core] -= rng.uniform(10, 25)  # necrotic centre
+        objects.append(PhantomObject(f"hepatic_lesion_{len(objects) - 5}", "hepatic_lesion", shape,
+                                     {"density": density, "lobe": lobe, "size": size_cls,
+                                      "area": int(shape.sum())}))
+
+    if rng.random() < 0.3:
+        side = "right" if rng.random() < 0.5 else "left"
+        kid = kidneys[side]
+        cands = np.argwhere(ndimage.binary_erosion(kid, iterations=3))
+        if len(cands):
+            r, c = cands[rng.integers(len(cands))]
+            cyst = random_blob(g, rng, float(g.x[r, c]), float(g.y[r, c]), 0.045, 0.04,
+                               irregularity=0.02) & kid
+            hu[cyst] = HU["cyst"]
+            objects.append(PhantomObject("renal_cyst", "renal_cyst", cyst, {"side": side}))
+
+    scanner = _scanner(rng)
+    # Organ texture, blur (scanner PSF), correlated noise and a smooth bias field.
+    hu += 4.0 * smooth_noise(rng, size, 3) * inner
+    hu = ndimage.gaussian_filter(hu, scanner["blur_px"])
+    hu += scanner["noise_hu"] * smooth_noise(rng, size, 0.7)
+    hu += scanner["bias_hu"] * smooth_noise(rng, size, size / 4) + scanner["offset_hu"]
+    lo = scanner["level"] - scanner["width"] / 2
+    image = np.clip((hu - lo) / scanner["width"] * 255.0, 0, 255).round().astype(np.uint8)
+    n_found = sum(o.category == "hepatic_lesion" for o in objects)
+    return image, objects, {"scanner": scanner, "n_lesions": n_found}
+
+
+def _group(objs: list[PhantomObject]) -> tuple[str, ...]:
+    return tuple(o.name for o in objs)
+
+
+def ct_targets(
+    objects: list[PhantomObject], rng: np.random.Generator, *, heldout: bool, k: int
+) -> list[Target]:
+    """Referring targets for a CT phantom: organs, lesion groups by attribute, and negatives."""
+    by = {o.name: o for o in objects}
+    t: list[Target] = []
+
+    def add(key: str, objs: list[PhantomObject], noun_phrases: list[str]) -> None:
+        t.append(Target(key, _group(objs), lang.frame(rng, noun_phrases, heldout, k)))
+
+    for kind in ("liver", "spleen", "spine", "aorta"):
+        add(kind, [by[kind]], lang.nouns(kind, heldout))
+    add("kidneys", [by["kidney_right"], by["kidney_left"]], lang.nouns("kidneys", heldout))
+    for side in ("right", "left"):
+        add(f"kidney_{side}", [by[f"kidney_{side}"]], lang.nouns(f"kidney_{side}", heldout))
+    add("renal_cyst", [by["renal_cyst"]] if "renal_cyst" in by else [],
+        lang.nouns("renal_cyst", heldout))
+
+    lesions = [o for o in objects if o.category == "hepatic_lesion"]
+    add("lesions", lesions, lang.lesion_phrases(count=max(1, len(lesions)), heldout=heldout))
+    if len(lesions) > 1:
+        areas = [o.attrs["area"] for o in lesions]
+        for sup, idx in (("largest", int(np.argmax(areas))), ("smallest", int(np.argmin(areas)))):
+            add(f"lesion_{sup}", [lesions[idx]],
+                lang.lesion_phrases(count=1, heldout=heldout, superlative=sup))
+    for lobe in ("right", "left"):
+        sel = [o for o in lesions if o.attrs["lobe"] == lobe]
+        add(f"lesions_{lobe}_lobe", sel,
+            lang.lesion_phrases(count=max(1, len(sel)), heldout=heldout, lobe=lobe))
+    for dens in ("hypo", "hyper"):
+        sel = [o for o in lesions if o.attrs["density"] == dens]
+        add(f"lesions_{dens}dense", sel,
+            lang.lesion_phrases(count=max(1, len(sel)), heldout=heldout, density=dens))
+        for lobe in ("right", "left"):
+            both = [o for o in sel if o.attrs["lobe"] == lobe]
+            # Compositions are asked about when present, or as negatives only when the lesion
+            # density exists elsewhere (a harder "not here" case).
+            if both or (sel and rng.random() < 0.5):
+                add(f"lesions_{dens}dense_{lobe}_lobe", both,
+                    lang.lesion_phrases(count=max(1, len(both)), heldout=heldout, density=dens,
+                                        lobe=lobe))
+    # One cross-modality negative.
+    other = str(rng.choice(["skin_lesion", "melanoma", "ink"]))
+    add(f"absent_{other}", [], lang.nouns(other, heldout))
+    return t
+
+
+def ct_caption(objects: list[PhantomObject]) -> tuple[str, str]:
+    """An image-level caption and class label (``hepatic lesion`` or ``normal liver``)."""
+    lesions = [o for o in objects if o.category == "hepatic_lesion"]
+    if lesions:
+        dens = sorted({o.attrs["density"] for o in lesions})
+        lobes = sorted({o.attrs["lobe"] for o in lesions}, reverse=True)
+        noun = "hepatic lesion" if len(lesions) == 1 else "hepatic lesions"
+        dens_txt = " and ".join(f"{d}dense" for d in dens)
+        lobe_txt = " and ".join(lobes) + (" lobes" if len(lobes) > 1 else " lobe")
+        text = (f"abdominal CT slice with {lang.count_word(len(lesions))} {dens_txt} {noun} "
+                f"in the {lobe_txt} of the liver")
+        label = "hepatic lesion"
+    else:
+        text, label = "abdominal CT slice with a normal liver", "normal liver"
+    cyst = [o for o in objects if o.category == "renal_cyst"]
+    if cyst:
+        text += f" and a cyst in the {cyst[0].attrs['side']} kidney"
+    return text, label
