@@ -66,12 +66,18 @@ def test_ct_anatomy_is_consistent():
                 assert not (o.mask & ~liver).any(), "lesions lie inside the liver"
         # Radiological convention: the patient's right kidney is on the image left.
         cols = np.arange(128)
-        right = (s.object("kidney_right").mask.sum(0) * cols).sum() / s.object("kidney_right").mask.sum()
-        left = (s.object("kidney_left").mask.sum(0) * cols).sum() / s.object("kidney_left").mask.sum()
+        right = (s.object("kidney_right").mask.sum(0) * cols).sum() / s.object(
+            "kidney_right"
+        ).mask.sum()
+        left = (s.object("kidney_left").mask.sum(0) * cols).sum() / s.object(
+            "kidney_left"
+        ).mask.sum()
         assert right < 64 < left
         # "both kidneys" is the union of the two.
         both = s.mask("kidneys")
-        assert both.sum() == s.object("kidney_right").mask.sum() + s.object("kidney_left").mask.sum()
+        assert (
+            both.sum() == s.object("kidney_right").mask.sum() + s.object("kidney_left").mask.sum()
+        )
 
 
 def test_largest_lesion_expression_points_at_largest():
@@ -101,19 +107,24 @@ def test_heldout_split_is_separated_from_train():
     assert ("ct", "hyper", "left") in held_combos
     assert ("ct", "hyper", "left") not in train_combos
     assert not {("derm", "basal cell carcinoma", "dark"), ("derm", "dermatofibroma", "light")} & (
-        train_combos)
+        train_combos
+    )
 
 
 def _combos(s):
     if s.modality == "ct":
-        return {("ct", o.attrs["density"], o.attrs["lobe"]) for o in s.objects
-                if o.category == "hepatic_lesion"}
+        return {
+            ("ct", o.attrs["density"], o.attrs["lobe"])
+            for o in s.objects
+            if o.category == "hepatic_lesion"
+        }
     return {("derm", s.attrs["class"], s.attrs["skin_tone"])}
 
 
 def test_all_dermoscopy_classes_occur():
-    seen = {generate_sample(seed=0, index=i, modality="dermoscopy", size=64).label
-            for i in range(40)}
+    seen = {
+        generate_sample(seed=0, index=i, modality="dermoscopy", size=64).label for i in range(40)
+    }
     assert seen == set(DERM_CLASSES)
 
 
@@ -160,9 +171,24 @@ def test_write_dataset_is_byte_identical_and_consistent(tmp_path):
 
 
 def test_cli_writes_dataset_and_sheet(tmp_path, capsys):
-    rc = cli_main(["phantoms", "--out", str(tmp_path / "d"), "--n", "4", "--seed", "1", "--size",
-                   "64", "--preview", str(tmp_path / "sheet.png"), "--preview-count", "4",
-                   "--quiet"])
+    rc = cli_main(
+        [
+            "phantoms",
+            "--out",
+            str(tmp_path / "d"),
+            "--n",
+            "4",
+            "--seed",
+            "1",
+            "--size",
+            "64",
+            "--preview",
+            str(tmp_path / "sheet.png"),
+            "--preview-count",
+            "4",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     assert (tmp_path / "d" / "manifest.jsonl").is_file()
     assert (tmp_path / "sheet.png").stat().st_size > 1000

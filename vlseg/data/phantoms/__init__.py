@@ -29,8 +29,18 @@ from .dermoscopy import CLASSES as DERM_CLASSES
 from .dermoscopy import derm_caption, derm_targets, render_dermoscopy
 from .sample import PhantomObject, PhantomSample, Target
 
-__all__ = ["MODALITIES", "SPLITS", "DERM_CLASSES", "PhantomObject", "PhantomSample", "Target",
-           "generate_sample", "iter_samples", "write_dataset", "split_of"]
+__all__ = [
+    "MODALITIES",
+    "SPLITS",
+    "DERM_CLASSES",
+    "PhantomObject",
+    "PhantomSample",
+    "Target",
+    "generate_sample",
+    "iter_samples",
+    "write_dataset",
+    "split_of",
+]
 
 MODALITIES = ("ct", "dermoscopy")
 SPLITS = ("train", "val", "test", "test_heldout")
@@ -93,8 +103,18 @@ def generate_sample(
     prefix = "ct" if modality == "ct" else "derm"
     sid = f"{prefix}_h{index:05d}" if heldout else f"{prefix}_{index:06d}"
     split = "test_heldout" if heldout else split_of(seed, index)
-    return PhantomSample(id=sid, modality=modality, image=image, objects=objects, targets=targets,
-                         caption=caption, label=label, spacing=(mm, mm), split=split, attrs=attrs)
+    return PhantomSample(
+        id=sid,
+        modality=modality,
+        image=image,
+        objects=objects,
+        targets=targets,
+        caption=caption,
+        label=label,
+        spacing=(mm, mm),
+        split=split,
+        attrs=attrs,
+    )
 
 
 def _modality_of(modality: str, index: int) -> str:
@@ -103,8 +123,9 @@ def _modality_of(modality: str, index: int) -> str:
 
 def _job(args: tuple) -> PhantomSample:
     seed, index, modality, size, heldout, k = args
-    return generate_sample(seed=seed, index=index, modality=modality, size=size, heldout=heldout,
-                           prompts_per_target=k)
+    return generate_sample(
+        seed=seed, index=index, modality=modality, size=size, heldout=heldout, prompts_per_target=k
+    )
 
 
 def iter_samples(
@@ -125,8 +146,10 @@ def iter_samples(
     """
     _check_modality(modality)
     jobs = [(seed, i, _modality_of(modality, i), size, False, prompts_per_target) for i in range(n)]
-    jobs += [(seed, j, _modality_of(modality, j), size, True, prompts_per_target)
-             for j in range(n_heldout)]
+    jobs += [
+        (seed, j, _modality_of(modality, j), size, True, prompts_per_target)
+        for j in range(n_heldout)
+    ]
     bar = tqdm(total=len(jobs), desc="phantoms", unit="img", disable=not progress)
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
@@ -148,20 +171,22 @@ def sample_records(sample: PhantomSample) -> list[dict]:
     """Manifest records of a sample: one per target, paths relative to the dataset root."""
     records = []
     for t in sample.targets:
-        records.append({
-            "id": f"{sample.id}/{t.key}",
-            "image": f"images/{sample.id}.png",
-            "mask": f"masks/{sample.id}__{t.key}.png" if t.positive else None,
-            "prompts": t.prompts,
-            "label": sample.label,
-            "modality": sample.modality,
-            "spacing": list(sample.spacing),
-            "split": sample.split,
-            "positive": t.positive,
-            "target": t.key,
-            "caption": sample.caption,
-            "sample": sample.id,
-        })
+        records.append(
+            {
+                "id": f"{sample.id}/{t.key}",
+                "image": f"images/{sample.id}.png",
+                "mask": f"masks/{sample.id}__{t.key}.png" if t.positive else None,
+                "prompts": t.prompts,
+                "label": sample.label,
+                "modality": sample.modality,
+                "spacing": list(sample.spacing),
+                "split": sample.split,
+                "positive": t.positive,
+                "target": t.key,
+                "caption": sample.caption,
+                "sample": sample.id,
+            }
+        )
     return records
 
 
@@ -210,16 +235,30 @@ def write_dataset(
         (tmp / "images").mkdir()
         (tmp / "masks").mkdir()
         with open(tmp / "manifest.jsonl", "w", encoding="utf-8") as manifest:
-            for sample in iter_samples(n, seed=seed, modality=modality, size=size,
-                                       n_heldout=n_heldout, prompts_per_target=prompts_per_target,
-                                       workers=workers, progress=progress):
+            for sample in iter_samples(
+                n,
+                seed=seed,
+                modality=modality,
+                size=size,
+                n_heldout=n_heldout,
+                prompts_per_target=prompts_per_target,
+                workers=workers,
+                progress=progress,
+            ):
                 _save_png(sample.image, tmp / "images" / f"{sample.id}.png")
                 for t, rec in zip(sample.targets, sample_records(sample), strict=True):
                     if t.positive:
                         _save_png(sample.mask(t).astype(np.uint8) * 255, tmp / rec["mask"])
                     manifest.write(json.dumps(rec, sort_keys=True) + "\n")
-        meta = {"generator": "vlseg.data.phantoms", "n": n, "n_heldout": n_heldout, "seed": seed,
-                "modality": modality, "size": size, "prompts_per_target": prompts_per_target}
+        meta = {
+            "generator": "vlseg.data.phantoms",
+            "n": n,
+            "n_heldout": n_heldout,
+            "seed": seed,
+            "modality": modality,
+            "size": size,
+            "prompts_per_target": prompts_per_target,
+        }
         (tmp / "dataset.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         if out.exists():
             shutil.rmtree(out)

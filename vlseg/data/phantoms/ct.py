@@ -22,9 +22,22 @@ from .sample import PhantomObject, Target
 from .shapes import Grid, centroid, random_blob, smooth_noise
 
 # Portal-venous phase contrast-enhanced values.
-HU = {"air": -1000.0, "fat": -95.0, "muscle": 55.0, "liver": 105.0, "spleen": 115.0,
-      "kidney": 170.0, "aorta": 190.0, "ivc": 130.0, "bone": 280.0, "cortex": 700.0,
-      "csf": 15.0, "cyst": 5.0, "bowel_wall": 45.0, "bowel_fluid": 15.0}
+HU = {
+    "air": -1000.0,
+    "fat": -95.0,
+    "muscle": 55.0,
+    "liver": 105.0,
+    "spleen": 115.0,
+    "kidney": 170.0,
+    "aorta": 190.0,
+    "ivc": 130.0,
+    "bone": 280.0,
+    "cortex": 700.0,
+    "csf": 15.0,
+    "cyst": 5.0,
+    "bowel_wall": 45.0,
+    "bowel_fluid": 15.0,
+}
 HELDOUT_COMBOS = {("hyper", "left")}
 
 
@@ -62,9 +75,20 @@ def _place_lesion(rng, grid, liver, lobe_of, lobe, radius, taken) -> np.ndarray 
     for _ in range(20):
         r, c = candidates[rng.integers(len(candidates))]
         cx, cy = float(grid.x[r, c]), float(grid.y[r, c])
-        shape = random_blob(grid, rng, cx, cy, radius * rng.uniform(0.85, 1.15), radius,
-                            irregularity=0.12, harmonics=3)
-        if not (shape & ~liver).any() and not (ndimage.binary_dilation(shape, iterations=2) & taken).any():
+        shape = random_blob(
+            grid,
+            rng,
+            cx,
+            cy,
+            radius * rng.uniform(0.85, 1.15),
+            radius,
+            irregularity=0.12,
+            harmonics=3,
+        )
+        if (
+            not (shape & ~liver).any()
+            and not (ndimage.binary_dilation(shape, iterations=2) & taken).any()
+        ):
             return shape
     return None
 
@@ -87,8 +111,17 @@ def render_ct(
     hu = np.full((size, size), HU["air"], dtype=np.float32)
     j = lambda s: rng.uniform(-s, s)  # noqa: E731  small jitter
 
-    body = random_blob(g, rng, j(0.03), 0.06 + j(0.03), 0.86 + j(0.05), 0.64 + j(0.05),
-                       irregularity=0.03, harmonics=3, angle=j(0.05))
+    body = random_blob(
+        g,
+        rng,
+        j(0.03),
+        0.06 + j(0.03),
+        0.86 + j(0.05),
+        0.64 + j(0.05),
+        irregularity=0.03,
+        harmonics=3,
+        angle=j(0.05),
+    )
     fat_depth = int(g.px(rng.uniform(0.04, 0.1)))
     inner = ndimage.binary_erosion(body, iterations=max(1, fat_depth))
     hu[body] = HU["fat"]
@@ -98,8 +131,13 @@ def render_ct(
     hu[wall] = HU["muscle"]
     # Bowel loops: soft-tissue walls around fluid, some with gas, filling the anterior abdomen.
     for _ in range(rng.integers(10, 18)):
-        loop = random_blob(g, rng, j(0.55), -0.05 + j(0.3), 0.07 + j(0.025), 0.06 + j(0.02),
-                           irregularity=0.12) & inner & ~wall
+        loop = (
+            random_blob(
+                g, rng, j(0.55), -0.05 + j(0.3), 0.07 + j(0.025), 0.06 + j(0.02), irregularity=0.12
+            )
+            & inner
+            & ~wall
+        )
         hu[loop] = HU["bowel_wall"] + j(10)
         lumen = ndimage.binary_erosion(loop, iterations=2)
         hu[lumen] = HU["bowel_fluid"] + j(15)
@@ -108,38 +146,90 @@ def render_ct(
             hu[gas & lumen] = HU["air"] + 100
 
     # Organs, painted back to front so later ones occlude earlier ones.
-    liver = random_blob(g, rng, -0.36 + j(0.04), -0.12 + j(0.04), 0.36 + j(0.04), 0.34 + j(0.04),
-                        irregularity=0.06, angle=j(0.3))
-    left_lobe = random_blob(g, rng, 0.02 + j(0.04), -0.3 + j(0.03), 0.26 + j(0.03),
-                            0.13 + j(0.02), irregularity=0.05, angle=0.25 + j(0.1))
+    liver = random_blob(
+        g,
+        rng,
+        -0.36 + j(0.04),
+        -0.12 + j(0.04),
+        0.36 + j(0.04),
+        0.34 + j(0.04),
+        irregularity=0.06,
+        angle=j(0.3),
+    )
+    left_lobe = random_blob(
+        g,
+        rng,
+        0.02 + j(0.04),
+        -0.3 + j(0.03),
+        0.26 + j(0.03),
+        0.13 + j(0.02),
+        irregularity=0.05,
+        angle=0.25 + j(0.1),
+    )
     liver = (liver | left_lobe) & inner
     falciform_x = float(np.percentile(g.x[liver], 70))  # the lobe boundary, for "left/right lobe"
     lobe_left = g.x > falciform_x  # patient's left lobe lies on the image right
-    spleen = random_blob(g, rng, 0.55 + j(0.04), -0.05 + j(0.05), 0.13 + j(0.02), 0.22 + j(0.03),
-                         irregularity=0.07, angle=0.5 + j(0.2)) & inner & ~liver
+    spleen = (
+        random_blob(
+            g,
+            rng,
+            0.55 + j(0.04),
+            -0.05 + j(0.05),
+            0.13 + j(0.02),
+            0.22 + j(0.03),
+            irregularity=0.07,
+            angle=0.5 + j(0.2),
+        )
+        & inner
+        & ~liver
+    )
     kidneys = {}
     for side, sx in (("right", -1.0), ("left", 1.0)):
-        k = random_blob(g, rng, sx * (0.34 + j(0.03)), 0.32 + j(0.04), 0.1 + j(0.015),
-                        0.14 + j(0.015), irregularity=0.04, angle=sx * (0.35 + j(0.15)))
+        k = random_blob(
+            g,
+            rng,
+            sx * (0.34 + j(0.03)),
+            0.32 + j(0.04),
+            0.1 + j(0.015),
+            0.14 + j(0.015),
+            irregularity=0.04,
+            angle=sx * (0.35 + j(0.15)),
+        )
         kidneys[side] = k & inner & ~liver & ~spleen
     vert_c = (j(0.02), 0.37 + j(0.03))
-    vbody = random_blob(g, rng, *vert_c, 0.12 + j(0.01), 0.1 + j(0.01), irregularity=0.02,
-                        angle=0.0)
+    vbody = random_blob(
+        g, rng, *vert_c, 0.12 + j(0.01), 0.1 + j(0.01), irregularity=0.02, angle=0.0
+    )
     arch = random_blob(g, rng, vert_c[0], vert_c[1] + 0.17, 0.1, 0.1, irregularity=0.25)
     canal = random_blob(g, rng, vert_c[0], vert_c[1] + 0.14, 0.045, 0.04, irregularity=0.02)
     spine = (vbody | arch) & inner
-    aorta = random_blob(g, rng, vert_c[0] + 0.09 + j(0.02), vert_c[1] - 0.17, 0.05, 0.05,
-                        irregularity=0.02) & inner & ~spine
-    ivc = random_blob(g, rng, vert_c[0] - 0.12, vert_c[1] - 0.17, 0.05, 0.035,
-                      irregularity=0.05) & inner & ~liver & ~spine & ~aorta
+    aorta = (
+        random_blob(
+            g, rng, vert_c[0] + 0.09 + j(0.02), vert_c[1] - 0.17, 0.05, 0.05, irregularity=0.02
+        )
+        & inner
+        & ~spine
+    )
+    ivc = (
+        random_blob(g, rng, vert_c[0] - 0.12, vert_c[1] - 0.17, 0.05, 0.035, irregularity=0.05)
+        & inner
+        & ~liver
+        & ~spine
+        & ~aorta
+    )
 
     hu[spine] = HU["bone"]
     hu[spine & ~ndimage.binary_erosion(spine, iterations=2)] = HU["cortex"]
     hu[canal & spine] = HU["csf"]
     # Psoas muscles beside the vertebra.
     for sx in (-1.0, 1.0):
-        psoas = random_blob(g, rng, vert_c[0] + sx * 0.18, vert_c[1] + 0.02, 0.07, 0.09,
-                            irregularity=0.05) & inner & ~spine
+        psoas = (
+            random_blob(
+                g, rng, vert_c[0] + sx * 0.18, vert_c[1] + 0.02, 0.07, 0.09, irregularity=0.05
+            )
+            & inner
+            & ~spine
+        )
         hu[psoas] = HU["muscle"]
     hu[liver] = HU["liver"] + j(10)
     hu[spleen] = HU["spleen"] + j(10)
@@ -157,12 +247,14 @@ def render_ct(
         rib = random_blob(g, rng, rx, ry - 0.45, 0.035, 0.025, irregularity=0.05)
         hu[rib & body & ~inner] = HU["cortex"] * 0.7
 
-    objects = [PhantomObject("liver", "liver", liver),
-               PhantomObject("spleen", "spleen", spleen),
-               PhantomObject("kidney_right", "kidney", kidneys["right"], {"side": "right"}),
-               PhantomObject("kidney_left", "kidney", kidneys["left"], {"side": "left"}),
-               PhantomObject("spine", "spine", spine),
-               PhantomObject("aorta", "aorta", aorta)]
+    objects = [
+        PhantomObject("liver", "liver", liver),
+        PhantomObject("spleen", "spleen", spleen),
+        PhantomObject("kidney_right", "kidney", kidneys["right"], {"side": "right"}),
+        PhantomObject("kidney_left", "kidney", kidneys["left"], {"side": "left"}),
+        PhantomObject("spine", "spine", spine),
+        PhantomObject("aorta", "aorta", aorta),
+    ]
 
     # Hepatic lesions; one held-out (hyperdense, left lobe) lesion is forced into test_heldout.
     n_lesions = int(rng.choice([0, 1, 1, 2, 2, 3]))
@@ -184,9 +276,14 @@ def render_ct(
         if size_cls == "large" and density == "hypo" and rng.random() < 0.5:
             core = ndimage.binary_erosion(shape, iterations=int(g.px(radius * 0.5)))
             hu[core] -= rng.uniform(10, 25)  # necrotic centre
-        objects.append(PhantomObject(f"hepatic_lesion_{len(objects) - 5}", "hepatic_lesion", shape,
-                                     {"density": density, "lobe": lobe, "size": size_cls,
-                                      "area": int(shape.sum())}))
+        objects.append(
+            PhantomObject(
+                f"hepatic_lesion_{len(objects) - 5}",
+                "hepatic_lesion",
+                shape,
+                {"density": density, "lobe": lobe, "size": size_cls, "area": int(shape.sum())},
+            )
+        )
 
     if rng.random() < 0.3:
         side = "right" if rng.random() < 0.5 else "left"
@@ -194,8 +291,12 @@ def render_ct(
         cands = np.argwhere(ndimage.binary_erosion(kid, iterations=3))
         if len(cands):
             r, c = cands[rng.integers(len(cands))]
-            cyst = random_blob(g, rng, float(g.x[r, c]), float(g.y[r, c]), 0.045, 0.04,
-                               irregularity=0.02) & kid
+            cyst = (
+                random_blob(
+                    g, rng, float(g.x[r, c]), float(g.y[r, c]), 0.045, 0.04, irregularity=0.02
+                )
+                & kid
+            )
             hu[cyst] = HU["cyst"]
             objects.append(PhantomObject("renal_cyst", "renal_cyst", cyst, {"side": side}))
 
@@ -230,32 +331,48 @@ def ct_targets(
     add("kidneys", [by["kidney_right"], by["kidney_left"]], lang.nouns("kidneys", heldout))
     for side in ("right", "left"):
         add(f"kidney_{side}", [by[f"kidney_{side}"]], lang.nouns(f"kidney_{side}", heldout))
-    add("renal_cyst", [by["renal_cyst"]] if "renal_cyst" in by else [],
-        lang.nouns("renal_cyst", heldout))
+    add(
+        "renal_cyst",
+        [by["renal_cyst"]] if "renal_cyst" in by else [],
+        lang.nouns("renal_cyst", heldout),
+    )
 
     lesions = [o for o in objects if o.category == "hepatic_lesion"]
     add("lesions", lesions, lang.lesion_phrases(count=max(1, len(lesions)), heldout=heldout))
     if len(lesions) > 1:
         areas = [o.attrs["area"] for o in lesions]
         for sup, idx in (("largest", int(np.argmax(areas))), ("smallest", int(np.argmin(areas)))):
-            add(f"lesion_{sup}", [lesions[idx]],
-                lang.lesion_phrases(count=1, heldout=heldout, superlative=sup))
+            add(
+                f"lesion_{sup}",
+                [lesions[idx]],
+                lang.lesion_phrases(count=1, heldout=heldout, superlative=sup),
+            )
     for lobe in ("right", "left"):
         sel = [o for o in lesions if o.attrs["lobe"] == lobe]
-        add(f"lesions_{lobe}_lobe", sel,
-            lang.lesion_phrases(count=max(1, len(sel)), heldout=heldout, lobe=lobe))
+        add(
+            f"lesions_{lobe}_lobe",
+            sel,
+            lang.lesion_phrases(count=max(1, len(sel)), heldout=heldout, lobe=lobe),
+        )
     for dens in ("hypo", "hyper"):
         sel = [o for o in lesions if o.attrs["density"] == dens]
-        add(f"lesions_{dens}dense", sel,
-            lang.lesion_phrases(count=max(1, len(sel)), heldout=heldout, density=dens))
+        add(
+            f"lesions_{dens}dense",
+            sel,
+            lang.lesion_phrases(count=max(1, len(sel)), heldout=heldout, density=dens),
+        )
         for lobe in ("right", "left"):
             both = [o for o in sel if o.attrs["lobe"] == lobe]
             # Compositions are asked about when present, or as negatives only when the lesion
             # density exists elsewhere (a harder "not here" case).
             if both or (sel and rng.random() < 0.5):
-                add(f"lesions_{dens}dense_{lobe}_lobe", both,
-                    lang.lesion_phrases(count=max(1, len(both)), heldout=heldout, density=dens,
-                                        lobe=lobe))
+                add(
+                    f"lesions_{dens}dense_{lobe}_lobe",
+                    both,
+                    lang.lesion_phrases(
+                        count=max(1, len(both)), heldout=heldout, density=dens, lobe=lobe
+                    ),
+                )
     # One cross-modality negative.
     other = str(rng.choice(["skin_lesion", "melanoma", "ink"]))
     add(f"absent_{other}", [], lang.nouns(other, heldout))
@@ -271,8 +388,10 @@ def ct_caption(objects: list[PhantomObject]) -> tuple[str, str]:
         noun = "hepatic lesion" if len(lesions) == 1 else "hepatic lesions"
         dens_txt = " and ".join(f"{d}dense" for d in dens)
         lobe_txt = " and ".join(lobes) + (" lobes" if len(lobes) > 1 else " lobe")
-        text = (f"abdominal CT slice with {lang.count_word(len(lesions))} {dens_txt} {noun} "
-                f"in the {lobe_txt} of the liver")
+        text = (
+            f"abdominal CT slice with {lang.count_word(len(lesions))} {dens_txt} {noun} "
+            f"in the {lobe_txt} of the liver"
+        )
         label = "hepatic lesion"
     else:
         text, label = "abdominal CT slice with a normal liver", "normal liver"

@@ -40,8 +40,9 @@ def _mix(base: np.ndarray, color, alpha: np.ndarray) -> np.ndarray:
     return base * (1 - alpha[..., None]) + np.asarray(color, np.float32) * alpha[..., None]
 
 
-def _lesion_colour(rng, g: Grid, cls: str, mask: np.ndarray, img: np.ndarray, r_px: float,
-                   skin: np.ndarray):
+def _lesion_colour(
+    rng, g: Grid, cls: str, mask: np.ndarray, img: np.ndarray, r_px: float, skin: np.ndarray
+):
     size = g.size
     dist = ndimage.distance_transform_edt(mask)
     depth = np.clip(dist / max(dist.max(), 1.0), 0, 1)  # 0 at border, 1 at the centre
@@ -51,8 +52,9 @@ def _lesion_colour(rng, g: Grid, cls: str, mask: np.ndarray, img: np.ndarray, r_
         img = _mix(img, brown, 0.55 + 0.35 * depth)
         img = _mix(img, brown * 0.6, 0.35 * net * mask)
     elif cls == "melanoma":
-        palette = np.array([[92, 55, 38], [40, 26, 22], [96, 110, 140], [170, 70, 70],
-                            [150, 105, 80]], np.float32)
+        palette = np.array(
+            [[92, 55, 38], [40, 26, 22], [96, 110, 140], [170, 70, 70], [150, 105, 80]], np.float32
+        )
         fields = np.stack([smooth_noise(rng, size, r_px / 4) for _ in palette], -1)
         colour = palette[np.argmax(fields, -1)]
         img = _mix(img, ndimage.gaussian_filter(colour, (2.5, 2.5, 0)), 0.85 * (depth > 0))
@@ -143,15 +145,28 @@ def render_dermoscopy(
     (rmin, rmax), irregularity, softness, adjectives = CLASS_SHAPE[cls]
     radius = rng.uniform(rmin, rmax)
     cx, cy = rng.uniform(-0.2, 0.2, 2)
-    lesion = random_blob(g, rng, cx, cy, radius * rng.uniform(0.75, 1.0), radius,
-                         irregularity=irregularity, harmonics=7)
+    lesion = random_blob(
+        g,
+        rng,
+        cx,
+        cy,
+        radius * rng.uniform(0.75, 1.0),
+        radius,
+        irregularity=irregularity,
+        harmonics=7,
+    )
     lesion &= g.x**2 + g.y**2 < 0.9**2
     alpha = soft_edge(lesion, softness) * (lesion | (soft_edge(lesion, softness) > 0.5))
     painted = _lesion_colour(rng, g, cls, lesion, img.copy(), g.px(radius), base)
     img = img * (1 - alpha[..., None]) + painted * alpha[..., None]
-    objects = [PhantomObject("skin_lesion", "skin_lesion", lesion,
-                             {"class": cls, "size": "large" if radius > 0.27 else "small",
-                              "adjectives": adjectives})]
+    objects = [
+        PhantomObject(
+            "skin_lesion",
+            "skin_lesion",
+            lesion,
+            {"class": cls, "size": "large" if radius > 0.27 else "small", "adjectives": adjectives},
+        )
+    ]
 
     if rng.random() < 0.25:  # surgical marker next to the lesion
         layer = Image.new("L", (size, size), 0)
@@ -168,8 +183,9 @@ def render_dermoscopy(
             objects.append(PhantomObject("ink", "ink", ink))
 
     hair = str(rng.choice(["none", "some", "heavy"], p=[0.4, 0.4, 0.2]))
-    img = _draw_hair(rng, img, size, {"none": 0, "some": 6, "heavy": 22}[hair]
-                     + int(rng.integers(0, 4)))
+    img = _draw_hair(
+        rng, img, size, {"none": 0, "some": 6, "heavy": 22}[hair] + int(rng.integers(0, 4))
+    )
     r2 = g.x**2 + g.y**2
     img *= (1 - rng.uniform(0.1, 0.3) * r2)[..., None]  # illumination falloff
     img *= rng.uniform(0.93, 1.07, 3)  # white balance of the device
@@ -188,15 +204,24 @@ def derm_targets(
     the ink mark when drawn, and negatives."""
     lesion = objects[0]
     cls = lesion.attrs["class"]
-    phrases = (lang.nouns("skin_lesion", heldout) + lang.nouns(cls, heldout)
-               + lang.skin_phrases(lesion.attrs["adjectives"], heldout))
+    phrases = (
+        lang.nouns("skin_lesion", heldout)
+        + lang.nouns(cls, heldout)
+        + lang.skin_phrases(lesion.attrs["adjectives"], heldout)
+    )
     targets = [Target("lesion", ("skin_lesion",), lang.frame(rng, phrases, heldout, k))]
     has_ink = any(o.name == "ink" for o in objects)
-    targets.append(Target("ink", ("ink",) if has_ink else (),
-                          lang.frame(rng, lang.nouns("ink", heldout), heldout, k)))
+    targets.append(
+        Target(
+            "ink",
+            ("ink",) if has_ink else (),
+            lang.frame(rng, lang.nouns("ink", heldout), heldout, k),
+        )
+    )
     other = str(rng.choice(["liver", "kidneys", "renal_cyst", "spine"]))
-    targets.append(Target(f"absent_{other}", (), lang.frame(rng, lang.nouns(other, heldout),
-                                                            heldout, k)))
+    targets.append(
+        Target(f"absent_{other}", (), lang.frame(rng, lang.nouns(other, heldout), heldout, k))
+    )
     return targets
 
 

@@ -11,10 +11,26 @@ import numpy as np
 
 # Instruction frames. "{}" is the noun phrase.
 FRAMES = {
-    "train": ["{}", "segment {}", "outline {}", "show {}", "highlight {}", "find {}", "mark {}",
-              "show me {}", "locate {}", "segment {} please", "draw the contour of {}"],
-    "heldout": ["delineate {}", "where is {}?", "can you point out {}", "please contour {}",
-                "I need a mask of {}"],
+    "train": [
+        "{}",
+        "segment {}",
+        "outline {}",
+        "show {}",
+        "highlight {}",
+        "find {}",
+        "mark {}",
+        "show me {}",
+        "locate {}",
+        "segment {} please",
+        "draw the contour of {}",
+    ],
+    "heldout": [
+        "delineate {}",
+        "where is {}?",
+        "can you point out {}",
+        "please contour {}",
+        "I need a mask of {}",
+    ],
 }
 
 # Noun phrases per target kind: (train phrasings, held-out phrasings).
@@ -22,33 +38,56 @@ NOUNS: dict[str, tuple[list[str], list[str]]] = {
     "liver": (["the liver", "the hepatic parenchyma", "the whole liver"], ["the hepar"]),
     "spleen": (["the spleen", "the splenic parenchyma"], ["the lien"]),
     "kidneys": (["both kidneys", "the kidneys", "the two kidneys"], ["the pair of kidneys"]),
-    "kidney_right": (["the right kidney", "the kidney on the patient's right"],
-                     ["the right-sided kidney"]),
-    "kidney_left": (["the left kidney", "the kidney on the patient's left"],
-                    ["the left-sided kidney"]),
-    "spine": (["the spine", "the vertebra", "the vertebral body", "the lumbar vertebra"],
-              ["the backbone"]),
+    "kidney_right": (
+        ["the right kidney", "the kidney on the patient's right"],
+        ["the right-sided kidney"],
+    ),
+    "kidney_left": (
+        ["the left kidney", "the kidney on the patient's left"],
+        ["the left-sided kidney"],
+    ),
+    "spine": (
+        ["the spine", "the vertebra", "the vertebral body", "the lumbar vertebra"],
+        ["the backbone"],
+    ),
     "aorta": (["the aorta", "the abdominal aorta"], ["the main artery"]),
-    "renal_cyst": (["the renal cyst", "the kidney cyst", "the cyst in the kidney"],
-                   ["the cystic renal lesion"]),
-    "skin_lesion": (["the lesion", "the skin lesion", "the spot", "the mole", "the lesion on the skin"],
-                    ["the skin growth", "the blemish"]),
+    "renal_cyst": (
+        ["the renal cyst", "the kidney cyst", "the cyst in the kidney"],
+        ["the cystic renal lesion"],
+    ),
+    "skin_lesion": (
+        ["the lesion", "the skin lesion", "the spot", "the mole", "the lesion on the skin"],
+        ["the skin growth", "the blemish"],
+    ),
     "ink": (["the ink mark", "the pen marking", "the purple marking"], ["the marker line"]),
     "melanoma": (["the melanoma", "the malignant melanoma"], ["the melanocytic cancer"]),
     "nevus": (["the nevus", "the benign mole", "the naevus"], ["the melanocytic nevus"]),
-    "seborrheic keratosis": (["the seborrheic keratosis", "the keratosis"], ["the seborrheic wart"]),
+    "seborrheic keratosis": (
+        ["the seborrheic keratosis", "the keratosis"],
+        ["the seborrheic wart"],
+    ),
     "basal cell carcinoma": (["the basal cell carcinoma", "the bcc"], ["the basalioma"]),
-    "dermatofibroma": (["the dermatofibroma", "the fibrous skin nodule"],
-                       ["the benign fibrous histiocytoma"]),
+    "dermatofibroma": (
+        ["the dermatofibroma", "the fibrous skin nodule"],
+        ["the benign fibrous histiocytoma"],
+    ),
 }
 
 # Hepatic-lesion nouns as (singular, plural).
 LESION_NOUNS = {
-    "train": [("lesion", "lesions"), ("hepatic lesion", "hepatic lesions"),
-              ("liver lesion", "liver lesions"), ("liver tumour", "liver tumours"),
-              ("hepatic mass", "hepatic masses"), ("spot on the liver", "spots on the liver")],
-    "heldout": [("liver tumor", "liver tumors"), ("hepatic nodule", "hepatic nodules"),
-                ("focal liver lesion", "focal liver lesions")],
+    "train": [
+        ("lesion", "lesions"),
+        ("hepatic lesion", "hepatic lesions"),
+        ("liver lesion", "liver lesions"),
+        ("liver tumour", "liver tumours"),
+        ("hepatic mass", "hepatic masses"),
+        ("spot on the liver", "spots on the liver"),
+    ],
+    "heldout": [
+        ("liver tumor", "liver tumors"),
+        ("hepatic nodule", "hepatic nodules"),
+        ("focal liver lesion", "focal liver lesions"),
+    ],
 }
 DENSITY_ADJ = {
     "hypo": {"train": ["dark", "hypodense", "low-density"], "heldout": ["hypoattenuating"]},
@@ -139,7 +178,9 @@ def skin_phrases(adjectives: list[str], heldout: bool) -> list[str]:
     """Noun phrases for the skin lesion qualified by visual adjectives (keys of SKIN_ADJ)."""
     mode = "heldout" if heldout else "train"
     heads = ["lesion", "spot", "mole"] if not heldout else ["growth", "lesion"]
-    return [f"the {adj} {head}" for key in adjectives for adj in SKIN_ADJ[key][mode] for head in heads]
+    return [
+        f"the {adj} {head}" for key in adjectives for adj in SKIN_ADJ[key][mode] for head in heads
+    ]
 
 
 def article(word: str) -> str:

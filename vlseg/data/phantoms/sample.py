@@ -76,7 +76,9 @@ class PhantomSample:
         for obj in self.objects:
             if obj.name == name:
                 return obj
-        raise KeyError(f"no object {name!r} in {self.id}; available: {[o.name for o in self.objects]}")
+        raise KeyError(
+            f"no object {name!r} in {self.id}; available: {[o.name for o in self.objects]}"
+        )
 
     def mask(self, target: Target | str) -> np.ndarray:
         """Union mask (HxW bool) of a target's objects; all False for a negative target."""

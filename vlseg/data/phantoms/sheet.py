@@ -12,8 +12,16 @@ from scipy import ndimage
 
 from .sample import PhantomSample
 
-COLOURS = [(255, 64, 64), (64, 220, 64), (80, 140, 255), (255, 200, 0), (255, 0, 255),
-           (0, 230, 230), (255, 140, 0), (180, 120, 255)]
+COLOURS = [
+    (255, 64, 64),
+    (64, 220, 64),
+    (80, 140, 255),
+    (255, 200, 0),
+    (255, 0, 255),
+    (0, 230, 230),
+    (255, 140, 0),
+    (180, 120, 255),
+]
 
 
 def outline(image: np.ndarray, masks: list[np.ndarray], colours=COLOURS) -> np.ndarray:
@@ -34,7 +42,11 @@ def _font(size: int) -> ImageFont.ImageFont:
 
 
 def contact_sheet(
-    samples: Iterable[PhantomSample], path: str | os.PathLike, *, cols: int = 4, tile: int = 256,
+    samples: Iterable[PhantomSample],
+    path: str | os.PathLike,
+    *,
+    cols: int = 4,
+    tile: int = 256,
     max_targets: int = 3,
 ) -> Path:
     """Write a PNG grid: each tile shows an image with up to ``max_targets`` positive targets
@@ -67,8 +79,9 @@ def contact_sheet(
             draw.text((x0 + 4, y), f'"{t.prompts[0]}"', fill=COLOURS[j % len(COLOURS)], font=font)
         for t in neg:
             y += line_h
-            draw.text((x0 + 4, y), f'"{t.prompts[0]}" -> not present', fill=(150, 150, 150),
-                      font=font)
+            draw.text(
+                (x0 + 4, y), f'"{t.prompts[0]}" -> not present', fill=(150, 150, 150), font=font
+            )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

@@ -1,0 +1,588 @@
+"""Turn user input (a file, a PIL image or a numpy array) into pixels, masks and files.
+
+This is the one entry point that the dataset, the Python API (``model.segment(image, ...)``) and
+the chat app use to read images, so every caller gets the same conversions and the same errors.
+
+Conversions (all to ``HxWx3`` ``uint8`` RGB):
+
+- grayscale (``L``, ``1``, ``HxW`` or ``HxWx1`` arrays) is replicated to three channels;
+- alpha (``RGBA``, ``LA``, ``PA``, transparent palettes, ``HxWx4`` arrays) is composited onto
+  black: fully transparent pixels become black, which matches the dark background of most
+  medical images and keeps "transparent = outside the image" meaning;
+- palette (``P``), ``CMYK``, ``YCbCr``, ``LAB`` and ``HSV`` images are converted to RGB by PIL;
+- 16-bit and 32-bit images (``I;16``, ``I``, ``F`` modes, ``uint16`` arrays) are rescaled min-max
+  to ``[0, 255]``. Min-max, not a percentile clip: a percentile clip saturates small bright
+  structures (calcifications, contrast, markers) that cover less than the clipped fraction of the
+  image. For CT in Hounsfield units pass ``window=(level, width)`` instead, or use DICOM/NIfTI;
+- float arrays must hold values in ``[0, 1]`` and are multiplied by 255;
+- EXIF orientation is applied (``PIL.ImageOps.exif_transpose``).
+
+DICOM and NIfTI files are read by :mod:`vlseg.data.medical_io` (pydicom / nibabel, imported only
+when such a file is read) with CT windowing and pixel spacing.
+
+Masks are boolean ``HxW`` arrays; :func:`save_mask_png` writes them as 0/255 PNGs through
+:func:`atomic_write`, which any writer can reuse.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from vlseg.data import medical_io
+from vlseg.data.medical_io import SUPPORTED_FORMATS, check_pixels, unreadable_error
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "SUPPORTED_FORMATS",
+    "LoadedImage",
+    "apply_window",
+    "atomic_write",
+    "load_image",
+    "load_mask",
+    "read_image_size",
+    "save_mask_png",
+    "to_uint8",
+]
+
+DEFAULT_MAX_PIXELS = 50_000_000
+
+# Read once at import (under the import lock) so atomic_write can give new files the usual
+# permissions instead of mkstemp's 0600, without racing other threads on os.umask.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """An image ready for the model, with what is known about where it came from."""
+
+    rgb: np.ndarray  # (H, W, 3) uint8
+    spacing: tuple[float, float] | None  # mm per pixel as (row, col); None when unknown
+    source: str  # human-readable origin: a path or "numpy array (uint16, shape (H, W))"
+    original_dtype: str  # dtype of the stored pixels before conversion, e.g. "uint16"
+    meta: dict[str, Any] = field(default_factory=dict)  # format, window, slice index, ...
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(H, W)`` in pixels."""
+        return int(self.rgb.shape[0]), int(self.rgb.shape[1])
+
+
+# --------------------------------------------------------------------------------------------
+# images
+
+
+def load_image(
+    source: str | os.PathLike[str] | Image.Image | np.ndarray | LoadedImage,
+    *,
+    window: tuple[float, float] | None = None,
+    slice_index: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> LoadedImage:
+    """Load an image from a path, a PIL image or a numpy array as ``HxWx3`` uint8 RGB.
+
+    Args:
+        source: a file path (PNG, JPEG, BMP, TIFF, DICOM, NIfTI), a ``PIL.Image.Image``, a numpy
+            array (``HxW`` or ``HxWxC`` with C in 1/3/4; bool, uint8, uint16, other integers with
+            values in ``[0, 65535]``, or floats in ``[0, 1]``), or a :class:`LoadedImage`
+            (returned unchanged).
+        window: ``(level, width)`` intensity window for single-channel data, e.g. ``(40, 400)``
+            for soft tissue in Hounsfield units. Replaces the default conversion. For DICOM and
+            NIfTI the default is the file's own window, else soft tissue for CT-like values.
+        slice_index: slice of a NIfTI volume (along the voxel axis closest to superior-inferior)
+            or frame of a multi-frame DICOM; default the middle one. Ignored for 2-D images.
+        max_pixels: refuse images with more than this many pixels (a guard against
+            decompression bombs), checked from the header before any pixel is decoded.
+
+    Returns:
+        The converted image; ``spacing`` is set for DICOM and NIfTI files.
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        TypeError: ``source`` is none of the accepted types.
+        ValueError: the file is not a readable image, the array has an unsupported shape or
+            dtype, the image is empty, or it is larger than ``max_pixels``.
+    """
+    if isinstance(source, LoadedImage):
+        return source
+    if window is not None:
+        window = _check_window(window)
+    if isinstance(source, (str, os.PathLike)):
+        return _load_path(Path(source), window, slice_index, max_pixels)
+    if isinstance(source, Image.Image):
+        name = f"PIL image (mode {source.mode}, {source.width}x{source.height})"
+        check_pixels(source.height, source.width, max_pixels, name)
+        arr = _pil_to_array(source, name)
+        rgb = _pil_array_to_rgb(arr, window, name)
+        return LoadedImage(rgb, None, name, str(arr.dtype), {"format": "pil", "mode": source.mode})
+    if isinstance(source, np.ndarray):
+        name = f"numpy array ({source.dtype}, shape {tuple(source.shape)})"
+        if source.ndim >= 2:
+            check_pixels(source.shape[0], source.shape[1], max_pixels, name)
+        rgb = _array_to_rgb(source, window, name)
+        return LoadedImage(rgb, None, name, str(source.dtype), {"format": "array"})
+    raise TypeError(
+        f"cannot load an image from {type(source).__module__}.{type(source).__qualname__}; "
+        "expected a path (str or pathlib.Path), a PIL.Image.Image or a numpy.ndarray "
+        "(for a torch tensor pass tensor.permute(1, 2, 0).cpu().numpy())"
+    )
+
+
+def read_image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """``(H, W)`` of an image file, read from its header without decoding the pixels.
+
+    For NIfTI this is the size of the displayed slice (see :func:`load_image`).
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        ValueError: the file is not a readable image.
+    """
+    path = _check_path(Path(path))
+    if medical_io.is_dicom(path):
+        return medical_io.dicom_size(path)
+    if medical_io.is_nifti(path):
+        return medical_io.nifti_size(path)
+    with _open_pil(path) as im:
+        w, h = im.size
+        # EXIF orientations 5-8 swap the axes.
+        if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+            w, h = h, w
+    return int(h), int(w)
+
+
+def apply_window(values: np.ndarray, level: float, width: float) -> np.ndarray:
+    """Map values linearly from ``[level - width/2, level + width/2]`` to uint8, clipping outside.
+
+    Args:
+        values: any real array, e.g. Hounsfield units.
+        level: window centre, e.g. 40 for soft tissue.
+        width: window width (> 0), e.g. 400 for soft tissue.
+
+    Returns:
+        uint8 array of the same shape.
+    """
+    level, width = _check_window((level, width))
+    lo = level - width / 2.0
+    scaled = (np.asarray(values, dtype=np.float64) - lo) / width
+    return np.rint(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def to_uint8(values: np.ndarray) -> np.ndarray:
+    """Rescale an array min-max to uint8 ``[0, 255]`` (a constant array maps to 0).
+
+    Non-finite values are ignored when finding the range and map to 0.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(v)
+    if not finite.any():
+        return np.zeros(v.shape, dtype=np.uint8)
+    lo, hi = float(v[finite].min()), float(v[finite].max())
+    if hi <= lo:
+        return np.zeros(v.shape, dtype=np.uint8)
+    out = np.where(finite, (v - lo) / (hi - lo), 0.0)
+    return np.rint(out * 255.0).astype(np.uint8)
+
+
+def _load_path(
+    path: Path, window: tuple[float, float] | None, slice_index: int | None, max_pixels: int
+) -> LoadedImage:
+    path = _check_path(path)
+    if medical_io.is_dicom(path):
+        values, info = medical_io.read_dicom(path, frame=slice_index, max_pixels=max_pixels)
+    elif medical_io.is_nifti(path):
+        values, info = medical_io.read_nifti(path, slice_index=slice_index, max_pixels=max_pixels)
+    else:
+        return _load_pil_file(path, window, max_pixels)
+    if values.size == 0:
+        raise ValueError(f"{path}: the image is empty (shape {values.shape})")
+    if values.ndim == 3:  # colour DICOM: already display values
+        rgb = _array_to_rgb(values, None, str(path), strict_float=False)
+        win = None
+    else:
+        win = window or info.window
+        gray = apply_window(values, *win) if win is not None else to_uint8(values)
+        if info.invert:
+            gray = 255 - gray
+        rgb = _gray_to_rgb(gray)
+    meta = dict(info.meta, window=win)
+    return LoadedImage(np.ascontiguousarray(rgb), info.spacing, str(path), info.dtype, meta)
+
+
+def _load_pil_file(path: Path, window: tuple[float, float] | None, max_pixels: int) -> LoadedImage:
+    with _open_pil(path) as im:
+        check_pixels(im.height, im.width, max_pixels, str(path))
+        meta: dict[str, Any] = {"format": (im.format or "").lower(), "mode": im.mode}
+        if getattr(im, "n_frames", 1) > 1:
+            meta["n_frames"] = im.n_frames  # only the first frame is read
+        try:
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            arr = _pil_to_array(im, str(path))
+        except MemoryError:
+            raise
+        except Exception as exc:  # PIL raises many exception types for corrupt data
+            raise unreadable_error(path, exc) from exc
+    rgb = _pil_array_to_rgb(arr, window, str(path))
+    return LoadedImage(rgb, None, str(path), str(arr.dtype), meta)
+
+
+def _open_pil(path: Path) -> Image.Image:
+    """Open lazily (header only). PIL's own bomb limit becomes the same ValueError as ours."""
+    try:
+        return Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise ValueError(
+            f"{path} is too large to load safely: {exc} Lower-resolution input is required."
+        ) from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise unreadable_error(path, exc) from exc
+
+
+def _pil_to_array(im: Image.Image, name: str) -> np.ndarray:
+    """Decode a PIL image to ``HxW`` (gray, any depth), ``HxWx3`` or ``HxWx4`` numpy."""
+    mode = im.mode
+    if mode in ("1", "L", "RGB", "RGBA") or mode.startswith("I") or mode == "F":
+        arr = np.asarray(im)
+    elif mode in ("LA", "La", "PA", "RGBa") or (mode == "P" and "transparency" in im.info):
+        arr = np.asarray(im.convert("RGBA"))
+    else:  # P, CMYK, YCbCr, LAB, HSV, RGBX, ...
+        try:
+            arr = np.asarray(im.convert("RGB"))
+        except ValueError as exc:
+            raise ValueError(f"{name}: cannot convert PIL mode {mode!r} to RGB ({exc})") from exc
+    if arr.dtype.byteorder not in ("=", "|"):  # e.g. I;16B gives big-endian uint16
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    return arr
+
+
+def _pil_array_to_rgb(arr: np.ndarray, window: tuple[float, float] | None, name: str) -> np.ndarray:
+    if arr.size == 0:
+        raise ValueError(f"{name}: the image is empty (shape {arr.shape})")
+    # High-bit-depth files (I;16, I, F) are not bounded like arrays are: always rescale them.
+    if arr.ndim == 2 and arr.dtype not in (np.uint8, np.bool_) and window is None:
+        if arr.dtype.kind == "f" and _in_unit_range(arr):
+            return _gray_to_rgb(np.rint(arr * 255.0).astype(np.uint8))
+        return _gray_to_rgb(to_uint8(arr))
+    return _array_to_rgb(arr, window, name, strict_float=False)
+
+
+def _array_to_rgb(
+    arr: np.ndarray, window: tuple[float, float] | None, name: str, *, strict_float: bool = True
+) -> np.ndarray:
+    """Validate and convert an ``HxW``/``HxWxC`` array to ``HxWx3`` uint8."""
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(
+            f"{name}: unsupported dtype {arr.dtype}; pass real-valued pixels "
+            "(bool, uint8, uint16, or float in [0, 1]); for complex data pass np.abs(array)"
+        )
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim == 3 and arr.shape[2] not in (3, 4):
+        hint = (
+            "; it looks channels-first, use np.moveaxis(array, 0, -1)"
+            if arr.shape[0] in (1, 3, 4)
+            else ""
+        )
+        raise ValueError(
+            f"{name}: expected HxW or HxWxC with C in 1, 3 or 4, got shape {arr.shape}{hint}"
+        )
+    if arr.ndim not in (2, 3):
+        raise ValueError(
+            f"{name}: expected HxW or HxWxC with C in 1, 3 or 4, got shape {arr.shape}"
+        )
+    if arr.size == 0:
+        raise ValueError(f"{name}: the image is empty (shape {arr.shape})")
+    if window is not None:
+        if arr.ndim != 2:
+            raise ValueError(f"{name}: window= applies to single-channel images, got {arr.shape}")
+        return _gray_to_rgb(apply_window(arr, *window))
+    alpha = None
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        arr, alpha = arr[:, :, :3], _alpha_to_unit(arr[:, :, 3], name)
+    out = _values_to_uint8(arr, name, strict_float)
+    if alpha is not None:
+        out = np.rint(out * alpha[:, :, None]).astype(np.uint8)
+    return np.ascontiguousarray(_gray_to_rgb(out) if out.ndim == 2 else out)
+
+
+def _values_to_uint8(arr: np.ndarray, name: str, strict_float: bool) -> np.ndarray:
+    kind = arr.dtype.kind
+    if kind == "b":
+        return arr.astype(np.uint8) * 255
+    if arr.dtype == np.uint8:
+        return arr
+    if kind == "f":
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{name}: the image contains NaN or infinite values")
+        if _in_unit_range(arr):
+            return np.rint(arr.astype(np.float64) * 255.0).astype(np.uint8)
+        lo, hi = float(arr.min()), float(arr.max())
+        if strict_float:
+            raise ValueError(
+                f"{name}: float images must hold values in [0, 1], got range [{lo:g}, {hi:g}]; "
+                "divide by 255 (or by the maximum), convert to uint8, or pass "
+                "window=(level, width) for Hounsfield units"
+            )
+        return to_uint8(arr)
+    # integers
+    lo, hi = int(arr.min()), int(arr.max())
+    if arr.dtype == np.uint16:
+        return to_uint8(arr)
+    if 0 <= lo and hi <= 255:
+        return arr.astype(np.uint8)
+    if 0 <= lo and hi <= 65535:
+        return to_uint8(arr)
+    raise ValueError(
+        f"{name}: integer values must lie in [0, 65535], got range [{lo}, {hi}] ({arr.dtype}); "
+        "for Hounsfield units pass window=(level, width), e.g. (40, 400), otherwise rescale to "
+        "uint8"
+    )
+
+
+def _alpha_to_unit(alpha: np.ndarray, name: str) -> np.ndarray:
+    kind = alpha.dtype.kind
+    if kind == "b":
+        return alpha.astype(np.float64)
+    if kind == "f":
+        if not (np.isfinite(alpha).all() and _in_unit_range(alpha)):
+            raise ValueError(f"{name}: a float alpha channel must hold values in [0, 1]")
+        return alpha.astype(np.float64)
+    if alpha.dtype == np.uint16:
+        return alpha / 65535.0
+    return np.clip(alpha, 0, 255) / 255.0
+
+
+def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
+    return np.repeat(gray[:, :, None], 3, axis=2)
+
+
+def _in_unit_range(arr: np.ndarray) -> bool:
+    return bool(arr.min() >= 0.0 and arr.max() <= 1.0)
+
+
+def _check_window(window: tuple[float, float]) -> tuple[float, float]:
+    try:
+        level, width = (float(v) for v in window)
+    except (TypeError, ValueError):
+        raise ValueError(f"window must be (level, width), got {window!r}") from None
+    if not (np.isfinite(level) and np.isfinite(width) and width > 0):
+        raise ValueError(f"window must be finite with width > 0, got (level, width)={window!r}")
+    return level, width
+
+
+def _check_path(path: Path) -> Path:
+    if not path.exists():
+        raise FileNotFoundError(f"no such file: {path}")
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not an image file")
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# masks
+
+
+def load_mask(
+    source: str | os.PathLike[str] | Image.Image | np.ndarray,
+    size: tuple[int, int] | None = None,
+    *,
+    binarize: bool = False,
+    slice_index: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """Load a binary mask as a boolean ``HxW`` array.
+
+    Accepted encodings: 0/1, 0/255, or any two values of which one is 0 (palette PNGs), in gray,
+    RGB or RGBA (alpha is composited onto black, so transparent pixels are background). Non-zero
+    pixels are foreground. Anything with more than two distinct values (or colours) is rejected,
+    since it is either a multi-class label map or a lossy (JPEG) mask, unless ``binarize=True``,
+    which thresholds the gray value at the midpoint of its range (colour: the channel maximum).
+
+    Args:
+        source: a mask file (PNG, BMP, TIFF, JPEG, NIfTI), a PIL image or a numpy array.
+        size: ``(H, W)`` to resize to (nearest neighbour); None keeps the stored size.
+        binarize: threshold non-binary masks instead of rejecting them.
+        slice_index: slice of a NIfTI mask volume (as in :func:`load_image`).
+        max_pixels: size guard, as in :func:`load_image`.
+
+    Returns:
+        ``HxW`` bool array, True on the foreground.
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        TypeError: ``source`` is none of the accepted types.
+        ValueError: unreadable file, bad shape, or a non-binary mask without ``binarize``.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        path = _check_path(Path(source))
+        name = str(path)
+        if medical_io.is_nifti(path):
+            arr, _ = medical_io.read_nifti(path, slice_index=slice_index, max_pixels=max_pixels)
+        elif medical_io.is_dicom(path):
+            raise ValueError(f"{path}: DICOM masks are not supported; export the mask as PNG")
+        else:
+            with _open_pil(path) as im:
+                check_pixels(im.height, im.width, max_pixels, name)
+                try:
+                    arr = _pil_to_array(ImageOps.exif_transpose(im), name)
+                except MemoryError:
+                    raise
+                except Exception as exc:
+                    raise unreadable_error(path, exc) from exc
+    elif isinstance(source, Image.Image):
+        name = f"PIL mask (mode {source.mode}, {source.width}x{source.height})"
+        arr = _pil_to_array(source, name)
+    elif isinstance(source, np.ndarray):
+        name = f"mask array ({source.dtype}, shape {tuple(source.shape)})"
+        arr = source
+    else:
+        raise TypeError(
+            f"cannot load a mask from {type(source).__qualname__}; expected a path, a "
+            "PIL.Image.Image or a numpy.ndarray"
+        )
+    mask = _mask_from_array(arr, name, binarize)
+    if size is not None and tuple(size) != mask.shape:
+        h, w = (int(v) for v in size)
+        if h <= 0 or w <= 0:
+            raise ValueError(f"size must be a positive (H, W), got {size!r}")
+        resized = Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)
+        mask = np.asarray(resized) > 0
+    return mask
+
+
+def _mask_from_array(arr: np.ndarray, name: str, binarize: bool) -> np.ndarray:
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"{name}: unsupported mask dtype {arr.dtype}; use bool or uint8")
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
+        raise ValueError(f"{name}: expected an HxW (or HxWx3/4) mask, got shape {arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"{name}: the mask is empty (shape {arr.shape})")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise ValueError(f"{name}: the mask contains NaN or infinite values")
+    if arr.dtype.kind == "b":
+        return arr.any(axis=2) if arr.ndim == 3 else arr.copy()
+    if arr.ndim == 3:
+        colour: np.ndarray = arr[:, :, :3]
+        if arr.shape[2] == 4:
+            alpha = _alpha_to_unit(arr[:, :, 3], name)
+            if not (alpha == 1.0).all():  # opaque masks (the usual case) keep the fast path
+                colour = colour * alpha[:, :, None]
+        gray = colour.max(axis=2)
+    else:
+        colour = gray = arr
+    values = _distinct(colour)
+    binary = len(values) == 1 or (len(values) == 2 and not values[0].any())
+    if binary:
+        return np.asarray(gray != 0)
+    if not binarize:
+        shown = ", ".join(_fmt_value(v) for v in values[:8])
+        more = f", ... ({len(values)} in all)" if len(values) > 8 else ""
+        raise ValueError(
+            f"{name} is not a binary mask: found values {shown}{more}; expected background 0 "
+            "and one foreground value (e.g. 1 or 255). Pass binarize=True to threshold at the "
+            "midpoint, or fix the file (a lossy JPEG mask, or a multi-class label map?)"
+        )
+    lo, hi = float(np.min(gray)), float(np.max(gray))
+    return np.asarray(gray > (lo + hi) / 2.0)
+
+
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of an ``HxW`` array (shape ``(N, 1)``) or colours of ``HxWx3``
+    (shape ``(N, 3)``); all-zero sorts first."""
+    if values.ndim == 2:
+        if values.dtype == np.uint8:  # bincount beats sorting millions of pixels
+            return np.flatnonzero(np.bincount(values.ravel(), minlength=256))[:, None]
+        return np.unique(values.ravel())[:, None]
+    flat = values.reshape(-1, 3)
+    if flat.dtype in (np.uint8, np.uint16):
+        packed = (
+            (flat[:, 0].astype(np.int64) << 32) | (flat[:, 1].astype(np.int64) << 16) | flat[:, 2]
+        )
+        keys = np.unique(packed)
+        return np.stack([keys >> 32, (keys >> 16) & 0xFFFF, keys & 0xFFFF], axis=1)
+    return np.unique(flat, axis=0)
+
+
+def _fmt_value(v: np.ndarray) -> str:
+    items = [f"{x:g}" for x in np.atleast_1d(v).tolist()]
+    return items[0] if len(items) == 1 else "(" + ", ".join(items) + ")"
+
+
+def save_mask_png(mask: np.ndarray, path: str | os.PathLike[str]) -> Path:
+    """Write a binary mask as an 8-bit 0/255 PNG, atomically (never a half-written file).
+
+    Args:
+        mask: ``HxW`` bool array, or any array accepted by :func:`load_mask` (0/1, 0/255, ...).
+        path: destination; parent directories are created.
+
+    Returns:
+        The destination path.
+    """
+    binary = load_mask(np.asarray(mask))
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        Image.fromarray(binary.astype(np.uint8) * 255, mode="L").save(tmp, format="PNG")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success fsync it and rename it over ``path``.
+
+    The temporary file lives in the same directory (so ``os.replace`` is atomic) and ends with
+    the destination's full name (so writers that infer the format from the extension, e.g.
+    ``PIL.Image.save`` or nibabel, still work). On error it is removed and ``path`` is untouched.
+
+    Example:
+        >>> with atomic_write("out/mask.png") as tmp:  # doctest: +SKIP
+        ...     Image.fromarray(m).save(tmp)
+
+    Args:
+        path: final destination; parent directories are created.
+
+    Yields:
+        The temporary path to write to (it exists and is empty).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=f"-{path.name}")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o7777)
+        else:
+            os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Persist the rename itself (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
