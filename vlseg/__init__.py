@@ -1,3 +1,20 @@
-"""vlseg: vision-language referring segmentation for medical images."""
+"""vlseg: vision-language referring segmentation for medical images.
+
+>>> import vlseg
+>>> model = vlseg.load()                       # the embedded default, phantom-tiny
+>>> result = model.segment("ct.png", "the hepatic lesion")   # doctest: +SKIP
+>>> result.present, result.area_px, result.n_components      # doctest: +SKIP
+"""
+
+from vlseg.predictor import ClassificationResult, SegmentationResult, Segmenter, load
+from vlseg.registry import list_models
 
 __version__ = "0.1.0"
+__all__ = [
+    "load",
+    "list_models",
+    "Segmenter",
+    "SegmentationResult",
+    "ClassificationResult",
+    "__version__",
+]

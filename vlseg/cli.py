@@ -14,35 +14,237 @@ def _cmd_phantoms(args: argparse.Namespace) -> int:
     if args.out is None and args.preview is None:
         raise SystemExit("vlseg phantoms: give --out DIR (a dataset) and/or --preview SHEET.png")
     if args.out is not None:
-        out = write_dataset(args.out, args.n, seed=args.seed, modality=args.modality,
-                            size=args.size, n_heldout=args.heldout,
-                            prompts_per_target=args.prompts, workers=args.workers,
-                            overwrite=args.overwrite, progress=not args.quiet)
+        out = write_dataset(
+            args.out,
+            args.n,
+            seed=args.seed,
+            modality=args.modality,
+            size=args.size,
+            n_heldout=args.heldout,
+            prompts_per_target=args.prompts,
+            workers=args.workers,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
         print(f"wrote {out / 'manifest.jsonl'}")
     if args.preview is not None:
         k = min(args.n, args.preview_count)
         mods = ["ct", "dermoscopy"] if args.modality == "all" else [args.modality]
-        samples = [generate_sample(seed=args.seed, index=i, modality=mods[i % len(mods)],
-                                   size=args.size, prompts_per_target=args.prompts)
-                   for i in range(k)]
+        samples = [
+            generate_sample(
+                seed=args.seed,
+                index=i,
+                modality=mods[i % len(mods)],
+                size=args.size,
+                prompts_per_target=args.prompts,
+            )
+            for i in range(k)
+        ]
         print(f"wrote {contact_sheet(samples, args.preview)}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from vlseg.config import TrainConfig, _field_names, apply_overrides, from_dict, load_yaml
+    from vlseg.engine import train
+
+    data = load_yaml(args.config) if args.config else {}
+    data = apply_overrides(data, args.overrides, valid=_field_names(TrainConfig))
+    cfg = from_dict(TrainConfig, data, where=args.config or "overrides")
+    out = train(cfg)
+    print(f"run directory: {out} (best checkpoint: {out / 'best'})")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from vlseg.data.manifest import ManifestDataset
+    from vlseg.engine import evaluate
+    from vlseg.predictor import load
+
+    seg = load(args.model)
+    vis = seg.model.vision
+    results = {}
+    for split in args.split:
+        ds = ManifestDataset(
+            args.data, split, image_size=seg.image_size, mean=vis.mean, std=vis.std, prompt="all"
+        )
+        results[split] = evaluate(
+            seg.model,
+            ds,
+            batch_size=args.batch_size,
+            limit=args.limit,
+            device=seg.device,
+            progress=True,
+        )
+        r = results[split]
+        print(
+            f"{split}: dice {r['dice']:.4f}  mIoU {r['mIoU']:.4f}  oIoU {r['oIoU']:.4f}  "
+            f"P@0.5 {r['prec@0.5']:.3f}  presence AUROC {r['presence_auroc']:.4f}  "
+            f"(n={int(r['n'])} positive / {int(r['n_all'])})"
+        )
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(
+            json.dumps(
+                {"model": str(args.model), "data": str(args.data), "results": results}, indent=2
+            )
+            + "\n"
+        )
+        tmp.replace(out)
+        print(f"wrote {out}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from vlseg.data.io import save_mask_png
+    from vlseg.predictor import load
+
+    seg = load(args.model)
+    res = seg.segment(args.image, args.text)
+    save_mask_png(res.mask, args.out)
+    area = f"{res.area_px} px" + (f" = {res.area_mm2:.1f} mm^2" if res.area_mm2 else "")
+    verdict = f"found: {area}, {res.n_components} component(s)" if res.present else "not found"
+    print(f"{args.text!r}: {verdict} (presence {res.score:.3f}); mask written to {args.out}")
+    return 0
+
+
+def _labels(spec: str) -> tuple[list[str], list[str]]:
+    """``a,b,c`` or a label-set name -> (label codes, class names used in prompts)."""
+    from prompts import list_label_sets, load_labels
+
+    if "," not in spec and spec in list_label_sets():
+        table = load_labels(spec)
+        return list(table), list(table.values())
+    items = [s.strip() for s in spec.split(",") if s.strip()]
+    return items, items
+
+
+def _cmd_classify(args: argparse.Namespace) -> int:
+    from vlseg.predictor import load
+
+    seg = load(args.model)
+    codes, names = _labels(args.labels)
+    res = seg.classify(args.image, names, args.templates)
+    for code, p in sorted(zip(codes, res.probs, strict=True), key=lambda kv: -kv[1]):
+        print(f"{p:7.3f}  {code}")
+    return 0
+
+
+def _cmd_eval_classify(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from vlseg.predictor import load
+    from vlseg.zeroshot import evaluate_classification, image_labels, plot_confusion
+
+    seg = load(args.model)
+    codes, names = _labels(args.labels)
+    images, labels = image_labels(args.data, args.split, args.modality)
+    res = evaluate_classification(
+        seg, images, labels, codes, prompts=names, templates=args.templates, progress=True
+    )
+    res.pop("probs")
+    print(
+        f"n={res['n']}  top-1 {res['top1']:.4f}  balanced accuracy "
+        f"{res['balanced_accuracy']:.4f}  macro AUROC {res['macro_auroc']:.4f}"
+    )
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "classification.json").write_text(json.dumps(res, indent=2) + "\n")
+        plot_confusion(res["confusion"], codes, out / "confusion.png")
+        print(f"wrote {out / 'classification.json'} and {out / 'confusion.png'}")
+    return 0
+
+
+def _cmd_index_build(args: argparse.Namespace) -> int:
+    from vlseg.indexing import build_index
+    from vlseg.predictor import load
+
+    out = build_index(load(args.model), args.data, args.out, split=args.split, kind=args.kind)
+    print(f"wrote {out / 'images'} and {out / 'texts'}")
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from vlseg.indexing import load_index
+    from vlseg.predictor import load
+
+    if (args.text is None) == (args.image is None):
+        raise ValueError("give exactly one of --text or --image")
+    seg = load(args.model)
+    images, _ = load_index(args.index)
+    query = seg.text_embedding([args.text]) if args.text else seg.image_embedding(args.image)
+    hits = images.search_meta(query.reshape(1, -1), args.k)[0]
+    for rank, h in enumerate(hits, 1):
+        print(f"{rank:2d}. {h['score']:.3f}  {h['image']}  | {h['caption']}")
+    if args.sheet:
+        _hit_sheet(hits, args.sheet)
+        print(f"wrote {args.sheet}")
+    return 0
+
+
+def _hit_sheet(hits: list[dict], path: str) -> None:
+    from PIL import Image, ImageDraw
+
+    from vlseg.data.io import load_image
+
+    tile = 192
+    sheet = Image.new("RGB", (tile * len(hits), tile + 40), (20, 20, 20))
+    draw = ImageDraw.Draw(sheet)
+    for i, h in enumerate(hits):
+        im = Image.fromarray(load_image(h["image"]).rgb).resize((tile, tile))
+        sheet.paste(im, (i * tile, 0))
+        draw.text((i * tile + 4, tile + 4), f"{h['score']:.3f}", fill=(230, 230, 230))
+        draw.text((i * tile + 4, tile + 20), h["caption"][:34], fill=(180, 180, 180))
+    tmp = f"{path}.tmp.png"
+    sheet.save(tmp)
+    __import__("os").replace(tmp, path)
+
+
+def _cmd_eval_retrieval(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from vlseg.indexing import eval_retrieval
+    from vlseg.predictor import load
+
+    res = eval_retrieval(load(args.model), args.index)
+    for way in ("text_to_image", "image_to_text"):
+        print(f"{way}: " + "  ".join(f"{k} {v:.4f}" for k, v in res[way].items()))
+    print(
+        f"({res['n_images']} images, {res['n_captions']} distinct captions; text->image counts "
+        "every image sharing the caption as a hit)"
+    )
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="vlseg", description="Vision-language referring segmentation for medical images.")
+        prog="vlseg", description="Vision-language referring segmentation for medical images."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("phantoms", help="write a procedural phantom dataset (images, masks, "
-                       "manifest.jsonl) and/or a contact sheet")
+    p = sub.add_parser(
+        "phantoms",
+        help="write a procedural phantom dataset (images, masks, "
+        "manifest.jsonl) and/or a contact sheet",
+    )
     p.add_argument("--out", help="dataset directory to create")
     p.add_argument("--n", type=int, default=200, help="regular samples (80/10/10 train/val/test)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--modality", default="all", choices=["all", "ct", "dermoscopy"])
     p.add_argument("--size", type=int, default=256, help="image side in pixels")
-    p.add_argument("--heldout", type=int, default=None,
-                   help="test_heldout samples (default n // 10)")
+    p.add_argument(
+        "--heldout", type=int, default=None, help="test_heldout samples (default n // 10)"
+    )
     p.add_argument("--prompts", type=int, default=6, help="phrasings per target")
     p.add_argument("--workers", type=int, default=1, help="parallel rendering processes")
     p.add_argument("--preview", help="write a contact sheet PNG of the first samples")
@@ -50,6 +252,69 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_phantoms)
+
+    p = sub.add_parser("train", help="train a model (also under torchrun for DDP)")
+    p.add_argument("--config", help="training YAML, e.g. configs/train/phantom_tiny.yaml")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. epochs=5 lr=3e-4")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="referring segmentation metrics on a manifest dataset")
+    p.add_argument("--model", default=None, help="name or checkpoint dir (default phantom-tiny)")
+    p.add_argument("--data", required=True, help="manifest dataset")
+    p.add_argument("--split", nargs="+", default=["test"], help="one or more splits")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--limit", type=int, default=None, help="evaluate at most this many items")
+    p.add_argument("--out", help="metrics JSON path")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("predict", help="segment one image from a text prompt")
+    p.add_argument("--model", default=None, help="name or checkpoint dir (default phantom-tiny)")
+    p.add_argument("--image", required=True)
+    p.add_argument("--text", required=True)
+    p.add_argument("--out", required=True, help="mask PNG, written at the image's resolution")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("classify", help="zero-shot classification of one image")
+    p.add_argument("--model", default=None)
+    p.add_argument("--image", required=True)
+    p.add_argument("--labels", required=True, help="a,b,c or a label-set name (e.g. ham10000)")
+    p.add_argument("--templates", default=None, help="dermoscopy | ct | generic | a YAML file")
+    p.set_defaults(func=_cmd_classify)
+
+    p = sub.add_parser("eval-classify", help="zero-shot accuracy/AUROC on a labelled manifest")
+    p.add_argument("--model", default=None)
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--modality", default=None, help="only images of this modality")
+    p.add_argument("--labels", required=True, help="a,b,c or a label-set name")
+    p.add_argument("--templates", default=None)
+    p.add_argument("--out", help="directory for classification.json and confusion.png")
+    p.set_defaults(func=_cmd_eval_classify)
+
+    p = sub.add_parser("index", help="retrieval indexes over a dataset's image-caption pairs")
+    isub = p.add_subparsers(dest="index_command", required=True, metavar="ACTION")
+    b = isub.add_parser("build", help="embed images and captions and save faiss indexes")
+    b.add_argument("--model", default=None)
+    b.add_argument("--data", required=True)
+    b.add_argument("--split", default=None)
+    b.add_argument("--kind", default="auto", choices=["auto", "flat", "hnsw", "ivf", "ivfpq"])
+    b.add_argument("--out", required=True)
+    b.set_defaults(func=_cmd_index_build)
+
+    p = sub.add_parser("search", help="search an index by text or by image")
+    p.add_argument("--model", default=None)
+    p.add_argument("--index", required=True)
+    p.add_argument("--text")
+    p.add_argument("--image")
+    p.add_argument("-k", type=int, default=5)
+    p.add_argument("--sheet", help="write a contact sheet PNG of the hits")
+    p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser("eval-retrieval", help="recall@1/5/10 text->image and image->text")
+    p.add_argument("--model", default=None)
+    p.add_argument("--index", required=True)
+    p.add_argument("--out", help="metrics JSON path")
+    p.set_defaults(func=_cmd_eval_retrieval)
     return parser
 
 

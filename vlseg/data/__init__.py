@@ -18,7 +18,21 @@ from vlseg.data.manifest import (
 )
 from vlseg.data.transforms import CLIP_MEAN, CLIP_STD, AugmentConfig, SegTransform
 
-__all__ = ["LoadedImage", "atomic_write", "load_image", "load_mask", "read_image_size",
-           "save_mask_png", "ManifestDataset", "Record", "collate", "read_manifest",
-           "validate_records", "write_manifest", "CLIP_MEAN", "CLIP_STD", "AugmentConfig",
-           "SegTransform"]
+__all__ = [
+    "LoadedImage",
+    "atomic_write",
+    "load_image",
+    "load_mask",
+    "read_image_size",
+    "save_mask_png",
+    "ManifestDataset",
+    "Record",
+    "collate",
+    "read_manifest",
+    "validate_records",
+    "write_manifest",
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "AugmentConfig",
+    "SegTransform",
+]

@@ -60,7 +60,12 @@ def image_to_tensor(rgb: np.ndarray) -> torch.Tensor:
     """``HxWx3`` uint8 numpy -> ``3xHxW`` float32 tensor in ``[0, 1]``."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an HxWx3 uint8 image, got {rgb.dtype} {rgb.shape}")
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
+    return (
+        torch.from_numpy(np.require(rgb, requirements=["C", "W"]))
+        .permute(2, 0, 1)
+        .float()
+        .div_(255.0)
+    )
 
 
 def mask_to_tensor(mask: np.ndarray) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Referring-expression vocabulary for the phantoms.
 
-Every phrase list comes in two parts: the ``train`` phrasings (used by the train/val/test splits) and
-reserved ``heldout`` phrasings that only the ``test_heldout`` split uses, so that split measures
+Every phrase list comes in two parts: the ``train`` phrasings (used by the train/val/test splits)
+and reserved ``heldout`` phrasings that only the ``test_heldout`` split uses, so that split measures
 grounding of unseen wording rather than memorised strings.
 """
 

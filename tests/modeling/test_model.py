@@ -1,0 +1,81 @@
+"""The segmentation model: every registered variant builds, runs forward and backward."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from vlseg.config import ModelConfig, from_dict
+from vlseg.registry import build_model, list_models, model_config
+
+
+def _step(model, size):
+    images = torch.randn(2, 3, size, size)
+    tok = model.text.tokenize(["segment the liver", "the hepatic lesion in the right lobe"])
+    out = model(images, tok["ids"], tok["mask"])
+    assert out["logits"].shape == (2, 1, size // 4, size // 4)
+    assert out["presence"].shape == (2,)
+    assert len(out["aux"]) == 3
+    loss = out["logits"].mean() + out["presence"].mean() + sum(a.mean() for a in out["aux"])
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert grads and all(g is not None for g in grads if g is not None)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+    return out
+
+
+def test_registry_lists_required_variants():
+    names = list_models()
+    for required in [
+        "tiny-test",
+        "phantom-tiny",
+        "dermlip-vit-b-16",
+        "biomedclip-vit-b-16",
+        "openai-clip-vit-b-16",
+    ]:
+        assert required in names
+
+
+def test_tiny_variant_forward_backward():
+    torch.manual_seed(0)
+    model = build_model(model_config("tiny-test"))
+    _step(model, 64)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in list_models() if n != "tiny-test"])
+def test_every_registered_variant_builds_and_trains_on_a_tiny_size(name):
+    cfg = model_config(name)
+    # Shrink the input (not the towers) so every variant runs quickly on CPU.
+    size = 64
+    cfg = dataclasses.replace(cfg, image_size=size)
+    model = build_model(cfg)
+    _step(model, size)
+    # Frozen towers must stay frozen; LoRA variants train only adapters in the towers.
+    for n, p in model.vision.visual.named_parameters():
+        if cfg.vision_trainable == "frozen":
+            assert not p.requires_grad, n
+        if cfg.vision_trainable == "lora":
+            assert p.requires_grad == ("lora_" in n), n
+
+
+def test_image_features_shared_by_several_prompts():
+    torch.manual_seed(0)
+    model = build_model(model_config("tiny-test")).eval()
+    with torch.no_grad():
+        img = model.encode_image(torch.randn(1, 3, 64, 64))
+        tok = model.text.tokenize(["the liver", "the spleen", "both kidneys"])
+        txt = model.encode_text(tok["ids"], tok["mask"])
+        out = model.decode(img, txt)
+        one = model.decode(img, model.encode_text(tok["ids"][1:2], tok["mask"][1:2]))
+    assert out["logits"].shape[0] == 3
+    torch.testing.assert_close(out["logits"][1:2], one["logits"], rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_config_keys_list_valid_ones():
+    with pytest.raises(ValueError, match="unknown key.*decoder_width.*valid keys: name"):
+        from_dict(ModelConfig, {"decoder_width": 3})
+    with pytest.raises(ValueError, match="unknown model 'nope'; available: .*phantom-tiny"):
+        model_config("nope")
+    with pytest.raises(ValueError, match="trainable mode 'half'"):
+        build_model(dataclasses.replace(model_config("tiny-test"), vision_trainable="half"))

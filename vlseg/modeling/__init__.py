@@ -1,0 +1,1 @@
+"""Model parts: encoders (open_clip towers), scale-aware attention, decoder."""

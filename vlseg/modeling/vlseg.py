@@ -1,0 +1,142 @@
+"""The vlseg model: CLIP towers + scale-aware vision-language attention + full-scale decoder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .decoder import FullScaleDecoder, PresenceHead
+from .scale_attention import ScaleAwareVLA
+
+
+@dataclass
+class ImageFeatures:
+    """Cached output of the image encoder.
+
+    Attributes:
+        maps: 4 maps at strides 4/8/16/32 projected to the decoder width (B x C x H_i x W_i).
+        embedding: B x E CLIP image embedding (not normalised).
+    """
+
+    maps: list[torch.Tensor]
+    embedding: torch.Tensor
+    prepared: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per-scale (context, queries)
+
+    def select(self, index: torch.Tensor) -> ImageFeatures:
+        """Gather rows (e.g. repeat one image for several prompts)."""
+        prepared = (
+            None if self.prepared is None else [(c[index], q[index]) for c, q in self.prepared]
+        )
+        return ImageFeatures([m[index] for m in self.maps], self.embedding[index], prepared)
+
+
+@dataclass
+class TextFeatures:
+    """Encoded referring expressions: words B x T x D, mask B x T, embedding B x E."""
+
+    words: torch.Tensor
+    mask: torch.Tensor
+    embedding: torch.Tensor
+
+
+class VLSegModel(nn.Module):
+    """Referring segmentation over open_clip towers.
+
+    Args:
+        vision: a ``VisionEncoder`` (multi-scale maps + CLIP embedding).
+        text: a ``TextEncoder`` (token features + CLIP embedding).
+        logit_scale: CLIP temperature (log scale) for the contrastive term.
+        dim: fusion/decoder width.
+        kernel_sizes: multi-kernel context sizes.
+        num_heads: cross-attention heads.
+    """
+
+    def __init__(
+        self,
+        *,
+        vision: nn.Module,
+        text: nn.Module,
+        logit_scale: nn.Parameter,
+        dim: int,
+        kernel_sizes: list[int],
+        num_heads: int,
+    ):
+        super().__init__()
+        self.vision = vision
+        self.text = text
+        self.logit_scale = logit_scale
+        self.in_proj = nn.ModuleList(nn.Conv2d(c, dim, 1) for c in vision.out_channels)
+        self.word_proj = nn.Sequential(nn.LayerNorm(text.width), nn.Linear(text.width, dim))
+        self.sent_proj = nn.Sequential(nn.LayerNorm(text.embed_dim), nn.Linear(text.embed_dim, dim))
+        self.fusion = nn.ModuleList(
+            ScaleAwareVLA(dim=dim, kernel_sizes=kernel_sizes, num_heads=num_heads)
+            for _ in vision.out_channels
+        )
+        self.decoder = FullScaleDecoder(dim=dim, levels=len(vision.out_channels))
+        self.presence = PresenceHead(dim=dim)
+
+    def encode_image(self, images: torch.Tensor) -> ImageFeatures:
+        """B x 3 x H x W normalised images -> cached features."""
+        out = self.vision(images)
+        maps = [p(f) for p, f in zip(self.in_proj, out["features"], strict=True)]
+        # The text-independent half of each fusion block is computed once per image.
+        prepared = [blk.prepare(m) for blk, m in zip(self.fusion, maps, strict=True)]
+        return ImageFeatures(maps, out["embedding"], prepared)
+
+    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> TextFeatures:
+        """Token ids B x T and mask B x T -> word features and sentence embedding."""
+        out = self.text(ids, mask)
+        return TextFeatures(out["tokens"], out["mask"], out["embedding"])
+
+    def decode(self, image: ImageFeatures, text: TextFeatures) -> dict[str, torch.Tensor]:
+        """Segment each (image, text) pair; one image may be shared by B texts.
+
+        Returns:
+            dict with ``logits`` (B x 1 x H/4 x W/4), ``aux`` (list of coarser logits) and
+            ``presence`` (B).
+        """
+        b = text.words.shape[0]
+        if image.maps[0].shape[0] == 1 and b > 1:
+            image = image.select(torch.zeros(b, dtype=torch.long, device=text.words.device))
+        if image.maps[0].shape[0] != b:
+            raise ValueError(
+                f"{image.maps[0].shape[0]} images for {b} texts; pass one image or one per text"
+            )
+        words = self.word_proj(text.words)
+        sentence = self.sent_proj(text.embedding)
+        mask = text.mask.bool()
+        prepared = image.prepared or [None] * len(image.maps)
+        fused = [
+            blk(m, words, mask, sentence, prep)
+            for blk, m, prep in zip(self.fusion, image.maps, prepared, strict=True)
+        ]
+        node, logits = self.decoder(fused)
+        presence = self.presence(node, logits[0], sentence)
+        return {"logits": logits[0], "aux": logits[1:], "presence": presence}
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        caption_ids: torch.Tensor | None = None,
+        caption_mask: torch.Tensor | None = None,
+    ) -> dict:
+        """Full pass. Also returns the CLIP embeddings for the contrastive term; captions, when
+        given, are encoded in the same pass (``caption_embedding``) so DDP sees one forward."""
+        img = self.encode_image(images)
+        txt = self.encode_text(ids, mask)
+        out = self.decode(img, txt)
+        out["image_embedding"] = img.embedding
+        out["text_embedding"] = txt.embedding
+        if caption_ids is not None:
+            out["caption_embedding"] = self.encode_text(caption_ids, caption_mask).embedding
+        return out
+
+
+def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinearly resize B x 1 x h x w logits to ``size``."""
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)

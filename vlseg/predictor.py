@@ -1,0 +1,310 @@
+"""The Python API: encode an image once, answer many text prompts from the cached features."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from .data.io import LoadedImage, load_image
+from .data.transforms import image_to_tensor, normalize, resize_image
+from .modeling.vlseg import ImageFeatures, VLSegModel
+
+MAX_TEXT_CHARS = 1000
+
+
+@dataclass
+class SegmentationResult:
+    """The answer to one (image, text) prompt.
+
+    Attributes:
+        text: the prompt.
+        mask: H x W bool at the input image's resolution (empty when not present).
+        probs: H x W float32 per-pixel foreground probability in [0, 1].
+        score: presence probability in [0, 1] (is the described thing in the image at all).
+        present: ``score >= threshold``.
+        area_px: foreground pixels of ``mask``.
+        area_mm2: area in mm^2 when the pixel spacing is known, else None.
+        n_components: connected components (8-connectivity) of ``mask``.
+    """
+
+    text: str
+    mask: np.ndarray
+    probs: np.ndarray
+    score: float
+    present: bool
+    area_px: int
+    area_mm2: float | None
+    n_components: int
+
+    def __repr__(self) -> str:
+        where = f"{self.area_px} px" + (f" ({self.area_mm2:.1f} mm^2)" if self.area_mm2 else "")
+        verdict = (
+            f"present, {where}, {self.n_components} component(s)" if self.present else ("not found")
+        )
+        return f"SegmentationResult({self.text!r}: {verdict}, score={self.score:.3f})"
+
+
+@dataclass
+class ClassificationResult:
+    """Zero-shot class probabilities for one image.
+
+    Attributes:
+        labels: class names, in the order given.
+        probs: float32 probabilities (softmax of ``100 * cos``), summing to 1.
+        top: the most probable label.
+    """
+
+    labels: list[str]
+    probs: np.ndarray
+    top: str
+
+    def as_dict(self) -> dict[str, float]:
+        return {lab: float(p) for lab, p in zip(self.labels, self.probs, strict=True)}
+
+    def __repr__(self) -> str:
+        best = sorted(self.as_dict().items(), key=lambda kv: -kv[1])[:3]
+        return "ClassificationResult(" + ", ".join(f"{k}: {v:.3f}" for k, v in best) + ")"
+
+
+def _check_texts(text: str | Sequence[str]) -> tuple[list[str], bool]:
+    single = isinstance(text, str)
+    texts = [text] if single else list(text) if isinstance(text, (list, tuple)) else None
+    if texts is None:
+        raise TypeError(f"text must be a str or a list of str, got {type(text).__name__}")
+    if not texts:
+        raise ValueError("text is an empty list; give at least one description to segment")
+    for t in texts:
+        if not isinstance(t, str):
+            raise TypeError(f"text items must be str, got {type(t).__name__}")
+        if not t.strip():
+            raise ValueError("text is empty; describe what to segment, e.g. 'the hepatic lesion'")
+        if len(t) > MAX_TEXT_CHARS:
+            raise ValueError(f"text has {len(t)} characters; keep it under {MAX_TEXT_CHARS}")
+    return [t.strip() for t in texts], single
+
+
+class Segmenter:
+    """Referring segmentation and zero-shot classification with an image-feature cache.
+
+    Example:
+        >>> import vlseg
+        >>> model = vlseg.load()  # the embedded default, phantom-tiny
+        >>> model.set_image("ct.png")
+        >>> model.segment(text="the hepatic lesion").area_px  # doctest: +SKIP
+
+    Args:
+        model: a ``VLSegModel``.
+        image_size: square model input size.
+        threshold: probability threshold for masks and presence.
+        device: torch device (default: CUDA when available).
+        name: model name for display.
+    """
+
+    def __init__(
+        self,
+        model: VLSegModel,
+        *,
+        image_size: int,
+        threshold: float = 0.5,
+        device: str | torch.device | None = None,
+        name: str = "custom",
+    ):
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(self.device).eval()
+        self.image_size = image_size
+        self.threshold = threshold
+        self.name = name
+        self._image: LoadedImage | None = None
+        self._features: ImageFeatures | None = None
+        self.encoder_calls = 0  # how many times the image encoder ran (for tests and benchmarks)
+        self._class_cache: dict[tuple, np.ndarray] = {}
+
+    def __repr__(self) -> str:
+        return f"Segmenter({self.name!r}, image_size={self.image_size}, device={self.device})"
+
+    # -- images ---------------------------------------------------------------------------
+    def preprocess(self, images: Sequence[LoadedImage]) -> torch.Tensor:
+        """Loaded images -> B x 3 x S x S normalised tensor."""
+        vis = self.model.vision
+        batch = [
+            normalize(resize_image(image_to_tensor(im.rgb), self.image_size), vis.mean, vis.std)
+            for im in images
+        ]
+        return torch.stack(batch).to(self.device)
+
+    @torch.no_grad()
+    def _encode(self, images: Sequence[LoadedImage]) -> ImageFeatures:
+        self.encoder_calls += 1
+        return self.model.encode_image(self.preprocess(images))
+
+    def set_image(self, image) -> Segmenter:
+        """Encode and cache one image (path, PIL image, numpy array or LoadedImage)."""
+        loaded = load_image(image)
+        self._features = self._encode([loaded])
+        self._image = loaded
+        return self
+
+    @torch.no_grad()
+    def image_embedding(self, image=None) -> np.ndarray:
+        """L2-normalised CLIP image embedding(s): E for one image, N x E for a list; None uses
+        the cached image (no encoder run)."""
+        if isinstance(image, (list, tuple)):
+            feats = self._encode([load_image(im) for im in image])
+            return F.normalize(feats.embedding.float(), dim=-1).cpu().numpy()
+        if image is not None:
+            self.set_image(image)
+        if self._features is None:
+            raise RuntimeError("no image: pass image=... or call set_image(image) first")
+        return F.normalize(self._features.embedding.float(), dim=-1)[0].cpu().numpy()
+
+    @torch.no_grad()
+    def text_embedding(self, texts: Sequence[str]) -> np.ndarray:
+        """L2-normalised CLIP text embeddings, N x E."""
+        texts, _ = _check_texts(list(texts))
+        tok = self.model.text.tokenize(texts)
+        emb = self.model.text(tok["ids"].to(self.device), tok["mask"].to(self.device))["embedding"]
+        return F.normalize(emb.float(), dim=-1).cpu().numpy()
+
+    def class_embeddings(self, labels: Sequence[str], templates=None) -> np.ndarray:
+        """Template-averaged, L2-normalised class embeddings (C x E), cached per (labels,
+        templates) as in open_clip's zero-shot classifier."""
+        from prompts import load_templates
+
+        temps = tuple(load_templates(templates))
+        key = (tuple(labels), temps)
+        if key not in self._class_cache:
+            per_class = []
+            for label in labels:
+                emb = self.text_embedding([t.format(label) for t in temps]).mean(0)
+                per_class.append(emb / max(np.linalg.norm(emb), 1e-12))
+            self._class_cache[key] = np.stack(per_class)
+        return self._class_cache[key]
+
+    def classify(self, image=None, labels: Sequence[str] = (), templates=None):
+        """Zero-shot classification: softmax over ``100 * image @ classes.T``.
+
+        Args:
+            image: path/PIL/array, a list of them, or None for the cached image.
+            labels: class names (at least two), e.g. ``["melanoma", "nevus"]``.
+            templates: a template-set name (``dermoscopy``, ``ct``, ``generic``), a list of
+                strings with ``{}``, or None for ``generic``.
+
+        Returns:
+            A ``ClassificationResult``, or a list of them for a list of images.
+        """
+        if isinstance(labels, str) or len(labels) < 2:
+            raise ValueError(
+                "give at least two labels to choose between, e.g. ['melanoma', 'nevus']"
+            )
+        labels = [str(lab).strip() for lab in labels]
+        if not all(labels):
+            raise ValueError("labels must be non-empty strings")
+        classes = self.class_embeddings(labels, templates)
+        emb = self.image_embedding(image)
+        logits = 100.0 * np.atleast_2d(emb) @ classes.T
+        logits -= logits.max(1, keepdims=True)
+        probs = np.exp(logits)
+        probs /= probs.sum(1, keepdims=True)
+        out = [
+            ClassificationResult(labels, p.astype(np.float32), labels[int(np.argmax(p))])
+            for p in probs
+        ]
+        return out if isinstance(image, (list, tuple)) else out[0]
+
+    def reset_image(self) -> None:
+        self._image, self._features = None, None
+
+    @property
+    def has_image(self) -> bool:
+        return self._features is not None
+
+    # -- segmentation -----------------------------------------------------------------------
+    @torch.no_grad()
+    def segment(self, image=None, text: str | Sequence[str] = "", *, spacing=None):
+        """Segment what ``text`` describes.
+
+        Args:
+            image: path, PIL image, HxW/HxWx3 numpy array; or a list of them (one result list
+                per image); None to use the image given to :meth:`set_image`.
+            text: a description or a list of descriptions.
+            spacing: pixel spacing (row_mm, col_mm) overriding the image's own, for mm^2.
+
+        Returns:
+            A ``SegmentationResult`` for one image and one text, a list for a list of texts, and
+            a list of those for a list of images.
+        """
+        texts, single_text = _check_texts(text)
+        if isinstance(image, (list, tuple)):
+            loaded = [load_image(im) for im in image]
+            feats = self._encode(loaded)
+            out = []
+            for i, im in enumerate(loaded):
+                f = feats.select(torch.tensor([i], device=self.device))
+                res = self._answer(f, im, texts, spacing)
+                out.append(res[0] if single_text else res)
+            return out
+        if image is not None:
+            self.set_image(image)
+        if self._features is None or self._image is None:
+            raise RuntimeError("no image: pass image=... or call set_image(image) first")
+        res = self._answer(self._features, self._image, texts, spacing)
+        return res[0] if single_text else res
+
+    def _answer(self, feats: ImageFeatures, image: LoadedImage, texts: list[str], spacing):
+        tok = self.model.text.tokenize(texts)
+        txt = self.model.encode_text(tok["ids"].to(self.device), tok["mask"].to(self.device))
+        out = self.model.decode(feats, txt)
+        h, w = image.size
+        probs = (
+            torch.sigmoid(
+                F.interpolate(out["logits"], size=(h, w), mode="bilinear", align_corners=False)
+            )[:, 0]
+            .float()
+            .cpu()
+            .numpy()
+        )
+        scores = torch.sigmoid(out["presence"]).float().cpu().numpy()
+        spacing = spacing or image.spacing
+        return [
+            self._result(t, p, float(s), spacing)
+            for t, p, s in zip(texts, probs, scores, strict=True)
+        ]
+
+    def _result(self, text: str, probs: np.ndarray, score: float, spacing) -> SegmentationResult:
+        present = score >= self.threshold
+        mask = (probs > self.threshold) & present
+        area = int(mask.sum())
+        n_comp = int(ndimage.label(mask, structure=np.ones((3, 3)))[1]) if area else 0
+        mm2 = area * float(spacing[0]) * float(spacing[1]) if spacing else None
+        return SegmentationResult(
+            text=text,
+            mask=mask,
+            probs=probs.astype(np.float32),
+            score=score,
+            present=present and area > 0,
+            area_px=area,
+            area_mm2=mm2,
+            n_components=n_comp,
+        )
+
+
+def load(
+    name_or_path: str | os.PathLike | None = None, *, device=None, threshold: float = 0.5
+) -> Segmenter:
+    """Load a model by registered name, checkpoint directory, or None for the embedded default.
+
+    Raises:
+        ValueError: unknown name (the message lists the available ones).
+    """
+    from .checkpoint import resolve
+
+    model, cfg, _ = resolve(name_or_path)
+    return Segmenter(
+        model, image_size=cfg.image_size, threshold=threshold, device=device, name=cfg.name
+    )
