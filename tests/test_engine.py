@@ -140,3 +140,10 @@ def test_torchrun_two_processes_gloo(tiny_data, tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "ddp" / "last" / "model.safetensors").is_file()
+
+
+def test_numeric_overrides_in_exponent_form_are_floats():
+    from vlseg.config import _field_names, apply_overrides
+
+    out = apply_overrides({}, ["lr=5e-4", "epochs=2", "data=x"], valid=_field_names(TrainConfig))
+    assert out == {"lr": 5e-4, "epochs": 2, "data": "x"}

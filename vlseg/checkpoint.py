@@ -88,8 +88,22 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str = "cpu"):
     return model, cfg, meta
 
 
-def resolve(name_or_path: str | os.PathLike | None):
-    """A checkpoint dir, a registered name with shipped weights, or a config (random init)."""
+def resolve(name_or_path: str | os.PathLike | None, *, adapter: str | os.PathLike | None = None):
+    """A checkpoint dir, a registered name with shipped weights, or a config (random init);
+    with ``adapter``, the tuned adapter directory is checked against and attached to it (the
+    base defaults to the one the adapter names)."""
+    if adapter is not None:
+        from .adapters import load_adapter, read_adapter_config
+
+        if name_or_path is None:
+            name_or_path = read_adapter_config(adapter)["base"]["model"]
+        model, cfg, meta = _resolve_base(name_or_path)
+        meta["adapter"] = load_adapter(model, adapter)
+        return model, cfg, meta
+    return _resolve_base(name_or_path)
+
+
+def _resolve_base(name_or_path: str | os.PathLike | None):
     from .registry import DEFAULT_MODEL, WEIGHTS_DIR
 
     name_or_path = DEFAULT_MODEL if name_or_path is None else name_or_path

@@ -56,6 +56,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from vlseg.tuning import load_tune_config, tune
+
+    cfg = load_tune_config(
+        args.config, args.overrides, model=args.model, data=args.data, method=args.method
+    )
+    out = tune(cfg)
+    print(f"run directory: {out} (adapter: {out / 'best'}; use it with --adapter {out / 'best'})")
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
@@ -64,7 +75,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from vlseg.engine import evaluate
     from vlseg.predictor import load
 
-    seg = load(args.model)
+    seg = load(args.model, adapter=args.adapter)
     vis = seg.model.vision
     results = {}
     for split in args.split:
@@ -104,7 +115,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from vlseg.data.io import save_mask_png
     from vlseg.predictor import load
 
-    seg = load(args.model)
+    seg = load(args.model, adapter=args.adapter)
     res = seg.segment(args.image, args.text)
     save_mask_png(res.mask, args.out)
     area = f"{res.area_px} px" + (f" = {res.area_mm2:.1f} mm^2" if res.area_mm2 else "")
@@ -127,7 +138,7 @@ def _labels(spec: str) -> tuple[list[str], list[str]]:
 def _cmd_classify(args: argparse.Namespace) -> int:
     from vlseg.predictor import load
 
-    seg = load(args.model)
+    seg = load(args.model, adapter=args.adapter)
     codes, names = _labels(args.labels)
     res = seg.classify(args.image, names, args.templates)
     for code, p in sorted(zip(codes, res.probs, strict=True), key=lambda kv: -kv[1]):
@@ -142,7 +153,7 @@ def _cmd_eval_classify(args: argparse.Namespace) -> int:
     from vlseg.predictor import load
     from vlseg.zeroshot import evaluate_classification, image_labels, plot_confusion
 
-    seg = load(args.model)
+    seg = load(args.model, adapter=args.adapter)
     codes, names = _labels(args.labels)
     images, labels = image_labels(args.data, args.split, args.modality)
     res = evaluate_classification(
@@ -258,8 +269,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. epochs=5 lr=3e-4")
     p.set_defaults(func=_cmd_train)
 
+    p = sub.add_parser(
+        "tune",
+        help="few-shot prompt tuning (coop, cocoop, vpt, maple) or LoRA of a frozen model; "
+        "writes a small adapter",
+    )
+    p.add_argument("--config", help="tuning YAML, e.g. configs/tune/coop.yaml")
+    p.add_argument("--model", help="base model: registered name or checkpoint dir")
+    p.add_argument("--data", help="manifest dataset to tune on")
+    p.add_argument("--method", choices=["coop", "cocoop", "vpt", "maple", "lora"])
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. limit=16 n_ctx=8")
+    p.set_defaults(func=_cmd_tune)
+
     p = sub.add_parser("eval", help="referring segmentation metrics on a manifest dataset")
     p.add_argument("--model", default=None, help="name or checkpoint dir (default phantom-tiny)")
+    p.add_argument("--adapter", help="a `vlseg tune` adapter dir to apply (e.g. runs/tune/best)")
     p.add_argument("--data", required=True, help="manifest dataset")
     p.add_argument("--split", nargs="+", default=["test"], help="one or more splits")
     p.add_argument("--batch-size", type=int, default=16)
@@ -269,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="segment one image from a text prompt")
     p.add_argument("--model", default=None, help="name or checkpoint dir (default phantom-tiny)")
+    p.add_argument("--adapter", help="a `vlseg tune` adapter dir to apply (e.g. runs/tune/best)")
     p.add_argument("--image", required=True)
     p.add_argument("--text", required=True)
     p.add_argument("--out", required=True, help="mask PNG, written at the image's resolution")
@@ -276,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("classify", help="zero-shot classification of one image")
     p.add_argument("--model", default=None)
+    p.add_argument("--adapter", help="a `vlseg tune` adapter dir to apply (e.g. runs/tune/best)")
     p.add_argument("--image", required=True)
     p.add_argument("--labels", required=True, help="a,b,c or a label-set name (e.g. ham10000)")
     p.add_argument("--templates", default=None, help="dermoscopy | ct | generic | a YAML file")
@@ -283,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval-classify", help="zero-shot accuracy/AUROC on a labelled manifest")
     p.add_argument("--model", default=None)
+    p.add_argument("--adapter", help="a `vlseg tune` adapter dir to apply (e.g. runs/tune/best)")
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="test")
     p.add_argument("--modality", default=None, help="only images of this modality")

@@ -102,6 +102,19 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
+def _parse_value(raw: str) -> Any:
+    """YAML value, except that numbers YAML 1.1 leaves as strings (``5e-4``) become floats."""
+    if raw == "":
+        return None
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str], *, valid: list[str]) -> dict:
     """Apply ``key=value`` strings (values parsed as YAML) to a config mapping.
 
@@ -115,7 +128,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], *, valid: list[s
         head, *rest = key.split(".")
         if head not in valid:
             raise ValueError(f"unknown override key {head!r}; valid keys: {', '.join(valid)}")
-        value = yaml.safe_load(raw) if raw != "" else None
+        value = _parse_value(raw)
         if rest:
             node = data.setdefault(head, {})
             for part in rest[:-1]:

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -96,7 +97,7 @@ def compute_loss(
     if use_clip:
         groups = torch.tensor([hash(c) for c in captions], device=device)
         loss_clip = clip_loss(
-            out["image_embedding"], out["caption_embedding"], raw_model.logit_scale, groups
+            out["image_embedding"], out["caption_embedding"], out["logit_scale"], groups
         )
         loss = loss + cfg.clip_weight * loss_clip
         parts["clip"] = loss_clip.item()
@@ -180,11 +181,31 @@ def train(cfg: TrainConfig) -> Path:
         mcfg = model_config(cfg.model)
         model = build_model(mcfg)
     model.to(device)
+    ds, val_ds = make_datasets(cfg, model, mcfg.image_size)
+
+    def save(path: Path, extra: dict) -> None:
+        save_checkpoint(model, mcfg, path, extra=extra)
+
+    def restore(path: Path) -> None:
+        last, _, _ = load_checkpoint(path)
+        model.load_state_dict(last.state_dict())
+
+    fit(model, cfg, ds, val_ds, save=save, restore=restore, rank=rank, world=world, device=device)
+    if world > 1:
+        dist.destroy_process_group()
+    return out
+
+
+def make_datasets(
+    cfg: TrainConfig, model, image_size: int, *, train_records=None
+) -> tuple[ManifestDataset, ManifestDataset]:
+    """(train, val) datasets of ``cfg.data``; ``train_records`` replaces the train split's
+    records (e.g. a few-shot subset)."""
     vis = model.vision
     ds = ManifestDataset(
-        cfg.data,
+        cfg.data if train_records is None else train_records,
         cfg.train_split,
-        image_size=mcfg.image_size,
+        image_size=image_size,
         mean=vis.mean,
         std=vis.std,
         prompt="random",
@@ -194,13 +215,51 @@ def train(cfg: TrainConfig) -> Path:
     val_ds = ManifestDataset(
         cfg.data,
         cfg.val_split,
-        image_size=mcfg.image_size,
+        image_size=image_size,
         mean=vis.mean,
         std=vis.std,
         prompt="first",
         augment=False,
         seed=cfg.seed,
     )
+    return ds, val_ds
+
+
+def fit(
+    model: torch.nn.Module,
+    cfg: TrainConfig,
+    ds: ManifestDataset,
+    val_ds: ManifestDataset,
+    *,
+    save: Callable[[Path, dict], None],
+    restore: Callable[[Path], None],
+    param_groups: list[dict] | None = None,
+    rank: int = 0,
+    world: int = 1,
+    device: torch.device | None = None,
+) -> dict[str, float]:
+    """The optimisation loop shared by ``vlseg train`` and ``vlseg tune``.
+
+    Trains the parameters that require grad; after each evaluated epoch writes ``out/last``
+    (through ``save``, plus the optimizer state) and ``out/best``, appends to
+    ``out/metrics.jsonl`` and redraws ``out/curves.png``. With ``cfg.resume`` and a previous
+    ``out/last``, ``restore`` reloads the weights and the loop continues where it stopped.
+
+    Args:
+        model: the module to train, already on ``device``.
+        cfg: loop settings (epochs, max_steps, batch_size, lr, loss weights, ...).
+        ds, val_ds: training and validation datasets.
+        save: writes the weights (and ``extra`` metadata) as a directory at the given path.
+        restore: loads the weights saved by ``save`` from the given directory.
+        param_groups: optimizer groups, each with "params", "lr" and "base_lr"; default:
+            decoder at ``cfg.lr`` and trainable encoder parameters at ``cfg.lr_encoder``.
+
+    Returns:
+        {"steps": optimizer steps done, "best": best validation Dice, "sec_per_step": median
+        wall time of an optimizer step in this call (NaN with fewer than two steps an epoch)}.
+    """
+    device = device or torch.device("cpu")
+    out = Path(cfg.out)
     sampler = (
         DistributedSampler(ds, seed=cfg.seed)
         if world > 1
@@ -215,13 +274,18 @@ def train(cfg: TrainConfig) -> Path:
         persistent_workers=cfg.num_workers > 0,
         drop_last=True,
     )
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg), weight_decay=cfg.weight_decay)
+    if len(loader) == 0:
+        raise ValueError(
+            f"{len(ds)} training items do not fill one batch of batch_size={cfg.batch_size}; "
+            "lower batch_size or use more data"
+        )
+    groups = param_groups if param_groups is not None else _param_groups(model, cfg)
+    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(loader) // cfg.grad_accum)
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     step, start_epoch, best = 0, 0, -1.0
     if cfg.resume and (out / "last" / "trainer_state.json").is_file():
-        last, _, _ = load_checkpoint(out / "last")
-        model.load_state_dict(last.state_dict())
+        restore(out / "last")
         meta = _load_trainer_state(out / "last", optimizer)
         step, start_epoch, best = meta["step"], meta["epoch"] + 1, meta.get("best", -1.0)
         if rank == 0:
@@ -229,6 +293,7 @@ def train(cfg: TrainConfig) -> Path:
     ddp = DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
     use_amp = cfg.amp and device.type == "cuda"
     metrics_path = out / "metrics.jsonl"
+    step_times: list[float] = []  # between optimizer steps, first step of an epoch excluded
     for epoch in range(start_epoch, cfg.epochs):
         if step >= total:
             break
@@ -239,7 +304,8 @@ def train(cfg: TrainConfig) -> Path:
         bar = tqdm(
             loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0, dynamic_ncols=True
         )
-        t0 = time.time()
+        t0 = t_prev = time.time()
+        first_in_epoch = True
         for micro, batch in enumerate(bar):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss, parts = compute_loss(ddp, model, batch, _captions(ds, batch), cfg, device)
@@ -252,6 +318,10 @@ def train(cfg: TrainConfig) -> Path:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            now = time.time()
+            if not first_in_epoch:  # the first one also pays for starting the loader
+                step_times.append(now - t_prev)
+            t_prev, first_in_epoch = now, False
             bar.set_postfix(loss=f"{parts['loss']:.3f}", mask=f"{parts['mask']:.3f}")
             if rank == 0 and step % cfg.log_every == 0:
                 row = {
@@ -284,7 +354,7 @@ def train(cfg: TrainConfig) -> Path:
                 f"epoch {epoch + 1}: val dice {res['dice']:.4f} mIoU {res['mIoU']:.4f} "
                 f"presence AUROC {res['presence_auroc']:.4f}"
             )
-            save_checkpoint(model, mcfg, out / "last", extra={"step": step, "epoch": epoch})
+            save(out / "last", {"step": step, "epoch": epoch})
             _save_trainer_state(
                 out / "last",
                 optimizer,
@@ -292,15 +362,12 @@ def train(cfg: TrainConfig) -> Path:
             )
             if res["dice"] > best:
                 best = res["dice"]
-                save_checkpoint(
-                    model, mcfg, out / "best", extra={"step": step, "epoch": epoch, "val": res}
-                )
+                save(out / "best", {"step": step, "epoch": epoch, "val": res})
             _plot_curves(metrics_path, out / "curves.png")
         if world > 1:
             dist.barrier()
-    if world > 1:
-        dist.destroy_process_group()
-    return out
+    sec = float(np.median(step_times)) if step_times else float("nan")
+    return {"steps": step, "best": best, "sec_per_step": sec}
 
 
 @torch.no_grad()

@@ -168,8 +168,9 @@ class Segmenter:
         """L2-normalised CLIP text embeddings, N x E."""
         texts, _ = _check_texts(list(texts))
         tok = self.model.text.tokenize(texts)
-        emb = self.model.text(tok["ids"].to(self.device), tok["mask"].to(self.device))["embedding"]
-        return F.normalize(emb.float(), dim=-1).cpu().numpy()
+        # through the model, so a prompt learner's context applies (unconditioned for CoCoOp)
+        emb = self.model.encode_text(tok["ids"].to(self.device), tok["mask"].to(self.device))
+        return F.normalize(emb.embedding.float(), dim=-1).cpu().numpy()
 
     def class_embeddings(self, labels: Sequence[str], templates=None) -> np.ndarray:
         """Template-averaged, L2-normalised class embeddings (C x E), cached per (labels,
@@ -258,7 +259,9 @@ class Segmenter:
 
     def _answer(self, feats: ImageFeatures, image: LoadedImage, texts: list[str], spacing):
         tok = self.model.text.tokenize(texts)
-        txt = self.model.encode_text(tok["ids"].to(self.device), tok["mask"].to(self.device))
+        txt = self.model.encode_text(
+            tok["ids"].to(self.device), tok["mask"].to(self.device), feats.embedding
+        )
         out = self.model.decode(feats, txt)
         h, w = image.size
         probs = (
@@ -295,16 +298,27 @@ class Segmenter:
 
 
 def load(
-    name_or_path: str | os.PathLike | None = None, *, device=None, threshold: float = 0.5
+    name_or_path: str | os.PathLike | None = None,
+    *,
+    adapter: str | os.PathLike | None = None,
+    device=None,
+    threshold: float = 0.5,
 ) -> Segmenter:
     """Load a model by registered name, checkpoint directory, or None for the embedded default.
 
+    Args:
+        name_or_path: registered name or checkpoint directory; None = the embedded default, or
+            with ``adapter`` the base model the adapter was tuned on.
+        adapter: a ``vlseg tune`` adapter directory (e.g. ``runs/tune/best``) to apply.
+
     Raises:
-        ValueError: unknown name (the message lists the available ones).
+        ValueError: unknown name (the message lists the available ones), or an adapter tuned on
+            another base model (both weight hashes named).
     """
     from .checkpoint import resolve
 
-    model, cfg, _ = resolve(name_or_path)
+    model, cfg, meta = resolve(name_or_path, adapter=adapter)
+    name = cfg.name if adapter is None else f"{cfg.name}+{meta['adapter']['method']}"
     return Segmenter(
-        model, image_size=cfg.image_size, threshold=threshold, device=device, name=cfg.name
+        model, image_size=cfg.image_size, threshold=threshold, device=device, name=name
     )

@@ -8,6 +8,10 @@ Two tower kinds:
   way this module keeps references to those parts (not to the whole CLIP model, whose visual
   tower belongs to ``VisionEncoder``).
 - "hf": open_clip's ``HFTextEncoder`` (BiomedCLIP's PubMedBERT, MiniLM, ...), kept as ``self.text``.
+
+Prompt learners (CoOp, CoCoOp, MaPLe) pass ``ctx``: B x n x D context embeddings inserted right
+after the start token ([SOT] / [CLS]), and optionally ``deep_ctx``, one such tensor per later
+layer replacing the same slots there. Without them the forward pass is the plain tower's.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from open_clip.hf_model import HFTextEncoder
 from open_clip.tokenizer import HFTokenizer, SimpleTokenizer
 from open_clip.transformer import TextTransformer, text_global_pool
 from torch import nn
+
+from .prompt_hooks import check_prompt, deep_prompts, fit_length, insert_after_first
 
 TRAINABLE_MODES = ("full", "frozen")
 
@@ -133,27 +139,72 @@ class TextEncoder(nn.Module):
             ids, mask = ids[:, :keep], mask[:, :keep]
         return {"ids": ids.long(), "mask": mask}
 
+    # ------------------------------------------------------------------ prompt hooks
+    @property
+    def layers(self) -> nn.ModuleList:
+        """The tower's blocks in order (deep context enters at their inputs)."""
+        if self.tower_kind == "clip":
+            return self.transformer.resblocks
+        model = self.text.transformer
+        for path in ("encoder.layer", "encoder.layers", "layers", "transformer.layer"):
+            mod = model
+            for part in path.split("."):
+                mod = getattr(mod, part, None)
+            if isinstance(mod, nn.ModuleList):
+                return mod
+        raise NotImplementedError(f"cannot find the blocks of {type(model).__name__}")
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """BxT token ids -> BxTxD input word embeddings (no positions), e.g. to initialise
+        learned context from a phrase."""
+        if self.tower_kind == "hf":
+            return self.text.transformer.get_input_embeddings()(ids)
+        return self.token_embedding(ids)
+
     # ------------------------------------------------------------------ forward
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        ctx: torch.Tensor | None = None,
+        deep_ctx: list[torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
         """Encode tokenized prompts.
 
         Args:
-            ids: BxT long token ids from ``tokenize``.
+            ids: BxT long token ids from ``tokenize`` (any T up to the context length).
             mask: BxT bool, True = real token.
+            ctx: optional (B or 1) x n x D learned context inserted after the start token.
+                CLIP towers have n fewer slots for words: a longer prompt loses its tail words
+                (its end token is kept, so pooling still works).
+            deep_ctx: optional list of (B or 1) x n x D tensors, one per layer after the first
+                (up to ``len(layers) - 1``), replacing the context slots at that layer's input.
 
         Returns:
-            "tokens": BxTxD per-token features after the final norm (D = ``width``).
-            "mask": BxT bool, as given.
+            "tokens": BxT'xD per-token features after the final norm (D = ``width``); T' = T
+                without ``ctx``, else (words kept) + n, context slots included.
+            "mask": BxT' bool (context slots are True).
             "embedding": BxE projected sentence embedding (not normalised), equal to
-                ``model.encode_text(ids)``.
+                ``model.encode_text(ids)`` when no context is given.
         """
         if ids.ndim != 2 or ids.shape != mask.shape:
             raise ValueError(
                 f"ids {tuple(ids.shape)} and mask {tuple(mask.shape)} must both be BxT"
             )
+        if ctx is None:
+            if deep_ctx:
+                raise ValueError("deep_ctx needs ctx (the first layer's context) as well")
+            if self.tower_kind == "hf":
+                return self._forward_hf(ids, mask)
+            return self._forward_clip(ids, mask)
+        check_prompt(ctx, ids.shape[0], self.width, "ctx")
+        for i, d in enumerate(deep_ctx or []):
+            check_prompt(d, ids.shape[0], self.width, f"deep_ctx[{i}]")
+            if d.shape[1] != ctx.shape[1]:
+                raise ValueError(f"deep_ctx[{i}] has {d.shape[1]} tokens, ctx has {ctx.shape[1]}")
         if self.tower_kind == "hf":
-            return self._forward_hf(ids, mask)
-        return self._forward_clip(ids, mask)
+            return self._forward_hf_ctx(ids, mask, ctx, deep_ctx)
+        return self._forward_clip_ctx(ids, mask, ctx, deep_ctx)
 
     def _forward_clip(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         t = ids.shape[1]
@@ -187,3 +238,54 @@ class TextEncoder(nn.Module):
             "mask": mask,
             "embedding": self.text.proj(pooled),
         }
+
+    def _forward_clip_ctx(self, ids, mask, ctx, deep_ctx) -> dict[str, torch.Tensor]:
+        n = ctx.shape[1]
+        ids, mask = fit_length(ids, mask, self.positional_embedding.shape[0] - n)
+        b, t = ids.shape
+        cast_dtype = self.transformer.get_cast_dtype()
+        x = insert_after_first(self.token_embedding(ids).to(cast_dtype), ctx)  # (B, T + n, D)
+        x = x + self.positional_embedding[: t + n].to(cast_dtype)
+        mask = insert_after_first(mask[..., None], mask.new_ones(1, n, 1))[..., 0]  # (B, T + n)
+        attn_mask = self.attn_mask[: t + n, : t + n] if self.attn_mask is not None else None
+        if self.use_pad_mask and attn_mask is None:
+            ext = insert_after_first(ids[..., None], ids.new_full((1, n, 1), -1))[..., 0]
+            key = torch.zeros(ext.shape, dtype=x.dtype, device=x.device)
+            key = key.masked_fill(ext == self.pad_id, float("-inf"))  # (B, T + n)
+            attn_mask = key[:, None, :].expand(-1, t + n, -1).repeat_interleave(self.heads, 0)
+        batch_first = getattr(self.transformer, "batch_first", True)
+        with deep_prompts(self.layers, deep_ctx, start=1, batch_first=batch_first):
+            x = self.transformer(x, attn_mask=attn_mask)
+        x = self.ln_final(x)  # (B, T + n, D)
+        rows = torch.arange(b, device=x.device)
+        if self.pool_type == "first":
+            pooled = x[:, 0]
+        elif self.pool_type == "last":
+            pooled = x[:, -1]
+        elif self.pool_type in ("argmax", "eos"):
+            if self.pool_type == "argmax":
+                idx = ids.argmax(-1)  # the end token has the highest id
+            else:
+                idx = (ids == self.eos_id).int().argmax(-1)
+            pooled = x[rows, torch.where(idx > 0, idx + n, idx)]  # words after the context shift
+        else:
+            raise NotImplementedError(f"text pool type {self.pool_type!r} with learned context")
+        if self.text_projection is not None:
+            if isinstance(self.text_projection, nn.Linear):
+                pooled = self.text_projection(pooled)
+            else:
+                pooled = pooled @ self.text_projection
+        return {"tokens": x, "mask": mask, "embedding": pooled}
+
+    def _forward_hf_ctx(self, ids, mask, ctx, deep_ctx) -> dict[str, torch.Tensor]:
+        hf = self.text.transformer
+        n = ctx.shape[1]
+        limit = int(getattr(hf.config, "max_position_embeddings", 1 << 30))
+        ids, mask = fit_length(ids, mask, limit - n)
+        x = insert_after_first(hf.get_input_embeddings()(ids), ctx)  # (B, T + n, D)
+        mask = insert_after_first(mask[..., None], mask.new_ones(1, n, 1))[..., 0]  # (B, T + n)
+        am = mask.long()
+        with deep_prompts(self.layers, deep_ctx, start=1):
+            out = hf(inputs_embeds=x, attention_mask=am)
+        pooled = self.text.pooler(out, am)
+        return {"tokens": out.last_hidden_state, "mask": mask, "embedding": self.text.proj(pooled)}

@@ -11,6 +11,11 @@ Supported towers (whatever ``open_clip.create_model`` builds as ``model.visual``
 - ``open_clip.modified_resnet.ModifiedResNet`` (RN50 family): its four residual stages.
 
 Every tower runs once per forward: the pyramid and the CLIP image embedding come from one pass.
+
+Prompt learners (VPT, MaPLe) pass ``prompt``: either B x n x C tokens inserted right after the
+class token of an open_clip ViT (with ``deep_prompt`` replacing them at later blocks; they are
+dropped again before pooling and the patch grid), or a (B or 1) x 3 x H x W pixel-space prompt
+added to the normalised image (the "padding prompt" of Bahng et al. 2022, any tower).
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from open_clip.modified_resnet import ModifiedResNet
 from open_clip.timm_model import TimmModel
 from open_clip.transformer import VisionTransformer
 from torch import nn
+
+from .prompt_hooks import check_prompt, deep_prompts
 
 PYRAMID_STRIDES = (4, 8, 16, 32)
 TRAINABLE_MODES = ("full", "frozen")
@@ -239,12 +246,41 @@ class VisionEncoder(nn.Module):
             return self.neck.in_stride
         return 32
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+    @property
+    def prompt_kinds(self) -> tuple[str, ...]:
+        """Visual prompt forms this tower takes: "tokens" (open_clip ViT) and/or "pixels"."""
+        return ("tokens", "pixels") if self.tower_kind == "vit" else ("pixels",)
+
+    @property
+    def token_width(self) -> int:
+        """C of the ViT tokens (the width of token prompts)."""
+        if self.tower_kind != "vit":
+            raise ValueError(f"a {self.tower_kind} tower has no tokens; use pixel prompts")
+        return int(self.visual.transformer.width)
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        """The ViT's blocks in order (deep prompts enter at their inputs)."""
+        if self.tower_kind != "vit":
+            raise ValueError(f"a {self.tower_kind} tower has no token blocks; use pixel prompts")
+        return self.visual.transformer.resblocks
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        prompt: torch.Tensor | None = None,
+        deep_prompt: list[torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         """Encode normalised images.
 
         Args:
             images: Bx3xHxW float, normalised with ``self.mean``/``self.std``; H and W must be
                 multiples of 32 and of the patch size.
+            prompt: optional visual prompt: (B or 1) x n x C tokens (open_clip ViT only; C =
+                ``token_width``), or a (B or 1) x 3 x h x w pixel prompt added to the images
+                (bilinearly resized to H x W if h x w differs).
+            deep_prompt: optional list of (B or 1) x n x C token prompts, one per block after
+                the first, replacing the prompt tokens at that block's input.
 
         Returns:
             "features": 4 maps B x C_i x H/s x W/s for s = 4, 8, 16, 32 (C_i = out_channels[i]).
@@ -257,8 +293,24 @@ class VisionEncoder(nn.Module):
         step = math.lcm(32, self.tower_stride)
         if h % step or w % step:
             raise ValueError(f"image size {h}x{w} must be a multiple of {step} for this tower")
+        if prompt is not None and prompt.ndim == 4:
+            if deep_prompt:
+                raise ValueError("deep_prompt goes with token prompts, not a pixel prompt")
+            images = images + _fit_pixels(prompt, images.shape[0], (h, w)).to(images.dtype)
+            prompt = None
+        if prompt is not None:
+            if self.tower_kind != "vit":
+                raise ValueError(
+                    f"token prompts need an open_clip VisionTransformer tower; this one is "
+                    f"{self.tower_kind}: use a pixel prompt (B x 3 x H x W) instead"
+                )
+            check_prompt(prompt, images.shape[0], self.token_width, "prompt")
+            for i, d in enumerate(deep_prompt or []):
+                check_prompt(d, images.shape[0], self.token_width, f"deep_prompt[{i}]")
+        elif deep_prompt:
+            raise ValueError("deep_prompt needs prompt (the first block's tokens) as well")
         if self.tower_kind == "vit":
-            grid, embedding = self._vit_forward(images)
+            grid, embedding = self._vit_forward(images, prompt, deep_prompt)
             feats = self.neck(grid, (h, w))
         elif self.tower_kind == "timm_vit":
             out = self.visual.forward_intermediates(images, indices=1, normalize_intermediates=True)
@@ -286,12 +338,18 @@ class VisionEncoder(nn.Module):
         grid_pos = grid_pos.permute(0, 2, 3, 1).reshape(gh * gw, -1)
         return torch.cat([cls_pos, grid_pos], dim=0)
 
-    def _vit_forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _vit_forward(
+        self,
+        images: torch.Tensor,
+        prompt: torch.Tensor | None = None,
+        deep_prompt: list[torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One pass of an open_clip VisionTransformer -> (BxCxhxw grid, BxE embedding).
 
         Mirrors ``VisionTransformer.forward`` but resizes the positional embedding for non-native
         sizes (open_clip 3.3 has no dynamic size for its own ViT) and skips patch dropout, which
-        would break the patch grid.
+        would break the patch grid. Prompt tokens (VPT) go after the class token, without a
+        positional embedding, and are removed before pooling.
         """
         v = self.visual
         x = v.conv1(images)  # (B, C, h, w)
@@ -299,8 +357,15 @@ class VisionEncoder(nn.Module):
         x = x.flatten(2).transpose(1, 2)  # (B, h*w, C)
         cls = v.class_embedding.to(x.dtype).view(1, 1, -1).expand(b, -1, -1)
         x = torch.cat([cls, x], dim=1) + self._vit_pos_embed(gh, gw).to(x.dtype)
+        n = 0 if prompt is None else prompt.shape[1]
+        if n:
+            x = torch.cat([x[:, :1], prompt.to(x.dtype).expand(b, -1, -1), x[:, 1:]], dim=1)
         x = v.ln_pre(x)
-        x = v.transformer(x)  # (B, 1 + h*w, C)
+        batch_first = getattr(v.transformer, "batch_first", True)
+        with deep_prompts(self.layers, deep_prompt, start=1, batch_first=batch_first):
+            x = v.transformer(x)  # (B, 1 + n + h*w, C)
+        if n:
+            x = torch.cat([x[:, :1], x[:, 1 + n :]], dim=1)  # (B, 1 + h*w, C)
         pooled, _ = v._pool(x)
         if v.proj is not None:
             pooled = pooled @ v.proj
@@ -309,3 +374,12 @@ class VisionEncoder(nn.Module):
             grid = v.ln_post(grid)
         grid = grid.transpose(1, 2).reshape(b, c, gh, gw)  # (B, C, h, w)
         return grid, pooled
+
+
+def _fit_pixels(prompt: torch.Tensor, batch: int, size: tuple[int, int]) -> torch.Tensor:
+    """Validate a (B or 1) x 3 x h x w pixel prompt and resize it to ``size``."""
+    if prompt.shape[0] not in (1, batch) or prompt.shape[1] != 3:
+        raise ValueError(f"pixel prompt must be (B or 1) x 3 x H x W, got {tuple(prompt.shape)}")
+    if tuple(prompt.shape[-2:]) != tuple(size):
+        prompt = F.interpolate(prompt, size=size, mode="bilinear", align_corners=False)
+    return prompt

@@ -52,6 +52,11 @@ class VLSegModel(nn.Module):
         dim: fusion/decoder width.
         kernel_sizes: multi-kernel context sizes.
         num_heads: cross-attention heads.
+
+    Attributes:
+        prompter: an optional prompt learner (``prompts.PromptLearner``: CoOp, CoCoOp, VPT,
+            MaPLe), None by default. Attached with ``attach_prompter``; its parameters then
+            appear under ``prompter.`` in the state dict (the base keys never change).
     """
 
     def __init__(
@@ -77,18 +82,42 @@ class VLSegModel(nn.Module):
         )
         self.decoder = FullScaleDecoder(dim=dim, levels=len(vision.out_channels))
         self.presence = PresenceHead(dim=dim)
+        self.prompter: nn.Module | None = None
+
+    def attach_prompter(self, prompter: nn.Module | None) -> None:
+        """Route text and image encoding through a prompt learner (None detaches it).
+
+        The learner provides ``text_prompt(batch, image_embedding) -> dict`` (keyword arguments
+        of ``TextEncoder.forward``: ``ctx``, ``deep_ctx``) and ``vision_prompt(batch) -> dict``
+        (of ``VisionEncoder.forward``: ``prompt``, ``deep_prompt``).
+        """
+        if prompter is None:
+            self._modules.pop("prompter", None)
+            self.prompter = None
+        else:
+            self.prompter = prompter
 
     def encode_image(self, images: torch.Tensor) -> ImageFeatures:
         """B x 3 x H x W normalised images -> cached features."""
-        out = self.vision(images)
+        kw = {} if self.prompter is None else self.prompter.vision_prompt(images.shape[0])
+        out = self.vision(images, **kw)
         maps = [p(f) for p, f in zip(self.in_proj, out["features"], strict=True)]
         # The text-independent half of each fusion block is computed once per image.
         prepared = [blk.prepare(m) for blk, m in zip(self.fusion, maps, strict=True)]
         return ImageFeatures(maps, out["embedding"], prepared)
 
-    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> TextFeatures:
-        """Token ids B x T and mask B x T -> word features and sentence embedding."""
-        out = self.text(ids, mask)
+    def encode_text(
+        self, ids: torch.Tensor, mask: torch.Tensor, image_embedding: torch.Tensor | None = None
+    ) -> TextFeatures:
+        """Token ids B x T and mask B x T -> word features and sentence embedding.
+
+        ``image_embedding`` (B or 1) x E conditions an image-aware prompt learner (CoCoOp); the
+        others ignore it. With a learner, words may hold its context tokens (T grows by n).
+        """
+        kw = {}
+        if self.prompter is not None:
+            kw = self.prompter.text_prompt(ids.shape[0], image_embedding)
+        out = self.text(ids, mask, **kw)
         return TextFeatures(out["tokens"], out["mask"], out["embedding"])
 
     def decode(self, image: ImageFeatures, text: TextFeatures) -> dict[str, torch.Tensor]:
@@ -128,12 +157,27 @@ class VLSegModel(nn.Module):
         """Full pass. Also returns the CLIP embeddings for the contrastive term; captions, when
         given, are encoded in the same pass (``caption_embedding``) so DDP sees one forward."""
         img = self.encode_image(images)
-        txt = self.encode_text(ids, mask)
+        b = ids.shape[0]
+        if caption_ids is not None:
+            # One text-tower call for prompts and captions: DDP allows each parameter to be
+            # used once per forward. Padding columns are masked out, so results are unchanged.
+            t = max(ids.shape[1], caption_ids.shape[1])
+            ids = torch.cat([F.pad(ids, (0, t - ids.shape[1])),
+                             F.pad(caption_ids, (0, t - caption_ids.shape[1]))])
+            mask = torch.cat([F.pad(mask, (0, t - mask.shape[1])),
+                              F.pad(caption_mask, (0, t - caption_mask.shape[1]))])
+            emb = img.embedding.repeat(2, 1)
+        else:
+            emb = img.embedding
+        both = self.encode_text(ids, mask, emb)
+        txt = TextFeatures(both.words[:b], both.mask[:b], both.embedding[:b])
         out = self.decode(img, txt)
         out["image_embedding"] = img.embedding
         out["text_embedding"] = txt.embedding
+        # Read the temperature inside forward so DDP sees the parameter used exactly once.
+        out["logit_scale"] = self.logit_scale * 1.0
         if caption_ids is not None:
-            out["caption_embedding"] = self.encode_text(caption_ids, caption_mask).embedding
+            out["caption_embedding"] = both.embedding[b:]
         return out
 
 

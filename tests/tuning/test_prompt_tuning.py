@@ -1,0 +1,364 @@
+"""Prompt tuning (CoOp, CoCoOp, VPT, MaPLe, LoRA) on tiny models: hooks, training, adapters."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+import vlseg
+from vlseg.adapters import attach, state_dict_sha256
+from vlseg.checkpoint import load_checkpoint, save_checkpoint
+from vlseg.cli import main as cli_main
+from vlseg.config import ModelConfig, from_dict
+from vlseg.data.manifest import ManifestDataset
+from vlseg.engine import evaluate, fit, make_datasets
+from vlseg.registry import build_model, model_config
+from vlseg.tuning import TuneConfig, few_shot_records, tune
+
+_spec = importlib.util.spec_from_file_location(
+    "tuning_reference", Path(__file__).with_name("reference.py")
+)
+reference = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(reference)
+
+METHODS = ["coop", "cocoop", "vpt", "maple", "lora"]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _base_state(model) -> dict[str, torch.Tensor]:
+    """Base tensors under their un-adapted keys (LoRA moves weights to ``.base_layer.``)."""
+    return {
+        k.replace(".base_layer.", "."): v.detach().clone()
+        for k, v in model.state_dict().items()
+        if not k.startswith("prompter.") and "lora_" not in k
+    }
+
+
+@pytest.fixture(scope="module")
+def base_ckpt(tmp_path_factory):
+    """A tiny-test model with fixed weights saved as a checkpoint (the base to tune)."""
+    torch.manual_seed(0)
+    cfg = model_config("tiny-test")
+    return save_checkpoint(build_model(cfg), cfg, tmp_path_factory.mktemp("base") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def cnn_cfg(tmp_path_factory):
+    """phantom-tiny's vision tower (timm resnet10t) with tiny-test's CLIP text tower, 64 px."""
+    data = yaml.safe_load((REPO / "configs/models/tiny-test.yaml").read_text())
+    data["name"] = "tiny-cnn"
+    data["clip"]["config"]["vision_cfg"] = {
+        "timm_model_name": "resnet10t",
+        "timm_model_pretrained": False,
+        "timm_pool": "avg",
+        "timm_proj": "linear",
+        "image_size": 64,
+    }
+    path = tmp_path_factory.mktemp("cfg") / "tiny-cnn.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _tune_cfg(method, base, data, out, **kw):
+    base_kw = dict(
+        method=method,
+        model=str(base),
+        data=str(data),
+        out=str(out),
+        limit=4,
+        epochs=1,
+        max_steps=3,
+        batch_size=4,
+        num_workers=0,
+        warmup_steps=1,
+        val_limit=4,
+        eval_limit=8,
+        log_every=1,
+        lr=5e-2,
+        deep=method == "maple",
+    )
+    base_kw.update(kw)
+    return TuneConfig(**base_kw)
+
+
+def _test_set(seg, data):
+    vis = seg.model.vision
+    return ManifestDataset(
+        data, "test", image_size=seg.image_size, mean=vis.mean, std=vis.std, prompt="all"
+    )
+
+
+# ---------------------------------------------------------------------------- encoder hooks
+@pytest.mark.parametrize(
+    "which", ["tiny-test", pytest.param("cnn-hf-test", marks=pytest.mark.slow)]
+)
+def test_default_outputs_and_keys_match_pre_hook_reference(which):
+    ref_path = reference.reference_path(which)
+    with safe_open(str(ref_path), "pt") as f:
+        keys = f.metadata()["state_dict_keys"].split("\n")
+    cfg = reference.model_config(which)
+    assert sorted(build_model(cfg).state_dict()) == keys  # old checkpoints still load
+    ref = load_file(str(ref_path))
+    new = reference.reference_outputs(which)
+    for k in ref:
+        assert torch.equal(ref[k], new[k]), k
+
+
+def test_detached_learner_restores_default_outputs():
+    def run(model):
+        tok = model.text.tokenize(reference.TEXTS)
+        with torch.no_grad():
+            return model(reference.inputs(64, len(reference.TEXTS)), tok["ids"], tok["mask"])
+
+    cfg = reference.model_config("tiny-test")
+    model = reference.deterministic_(build_model(cfg)).eval()
+    attach(model, {"method": "maple", "n_ctx": 2, "deep": True})
+    model.attach_prompter(None)
+    assert "prompter.ctx" not in model.state_dict()
+    # the same freezing without any learner (requires_grad flags can pick other CPU kernels)
+    plain = reference.deterministic_(build_model(cfg)).eval()
+    plain.vision.set_trainable("frozen")
+    plain.text.set_trainable("frozen")
+    plain.requires_grad_(False)
+    got, want = run(model), run(plain)
+    for k in ("logits", "presence", "image_embedding", "text_embedding"):
+        assert torch.equal(got[k], want[k]), k
+
+
+def test_context_equals_the_same_words_written_in_the_prompt():
+    torch.manual_seed(0)
+    text = build_model(model_config("tiny-test")).text.eval()
+    words = text.tokenize(["dark round"])
+    ctx = text.embed_tokens(words["ids"])[:, 1:3]  # (1, 2, D) without start/end tokens
+    plain = text.tokenize(["the hepatic lesion", "both kidneys"])
+    joined = text.tokenize(["dark round the hepatic lesion", "dark round both kidneys"])
+    with torch.no_grad():
+        got = text(plain["ids"], plain["mask"], ctx=ctx)
+        want = text(joined["ids"], joined["mask"])
+    assert torch.equal(got["mask"], want["mask"])
+    torch.testing.assert_close(got["tokens"], want["tokens"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got["embedding"], want["embedding"], atol=1e-5, rtol=1e-5)
+
+
+def test_context_fits_a_full_length_prompt_and_keeps_the_end_token():
+    torch.manual_seed(0)
+    text = build_model(model_config("tiny-test")).text.eval()
+    long = text.tokenize(["lesion " * 40, "liver"])  # the first fills all 24 slots
+    assert long["ids"].shape[1] == text.context_length
+    ctx = torch.randn(1, 4, text.width)
+    out = text(long["ids"], long["mask"], ctx=ctx)
+    assert out["tokens"].shape[1] == text.context_length
+    assert torch.isfinite(out["embedding"]).all()
+    with pytest.raises(ValueError, match="must be"):
+        text(long["ids"], long["mask"], ctx=torch.randn(3, 4, text.width))
+
+
+def test_deep_prompts_reach_later_layers_and_hooks_are_removed():
+    torch.manual_seed(0)
+    model = build_model(model_config("tiny-test")).eval()
+    text, vision = model.text, model.vision
+    tok = text.tokenize(["the liver"])
+    ctx = torch.randn(1, 3, text.width)
+    with torch.no_grad():
+        shallow = text(tok["ids"], tok["mask"], ctx=ctx)["embedding"]
+        deep = text(tok["ids"], tok["mask"], ctx=ctx, deep_ctx=[torch.randn(1, 3, text.width)])
+        x = torch.randn(2, 3, 64, 64)
+        plain = vision(x)
+        prompted = vision(x, torch.randn(1, 5, vision.token_width), [torch.zeros(1, 5, 64)])
+    assert not torch.allclose(shallow, deep["embedding"])
+    assert all(not layer._forward_pre_hooks for layer in [*text.layers, *vision.layers])
+    assert [f.shape for f in prompted["features"]] == [f.shape for f in plain["features"]]
+    assert not torch.allclose(prompted["embedding"], plain["embedding"])
+    with pytest.raises(ValueError, match="at most 1"):
+        text(tok["ids"], tok["mask"], ctx=ctx, deep_ctx=[ctx, ctx])
+
+
+def test_ctx_init_from_a_phrase():
+    torch.manual_seed(0)
+    model = build_model(model_config("tiny-test"))
+    attach(model, {"method": "coop", "n_ctx": 3, "ctx_init": "a ct scan"})
+    ids = model.text.tokenize(["a ct scan"])["ids"]
+    assert torch.equal(model.prompter.ctx.data, model.text.embed_tokens(ids)[0, 1:4])
+    with pytest.raises(ValueError, match="set n_ctx=3"):
+        attach(
+            build_model(model_config("tiny-test")),
+            {"method": "coop", "n_ctx": 4, "ctx_init": "a ct scan"},
+        )
+
+
+# ---------------------------------------------------------------------------- training
+@pytest.mark.parametrize("method", METHODS)
+def test_only_the_learner_trains(method, base_ckpt, tiny_data, tmp_path):
+    model, mcfg, _ = load_checkpoint(base_ckpt)
+    before = _base_state(model)
+    names = attach(model, {**_tune_cfg(method, base_ckpt, tiny_data, tmp_path).learner_spec()})
+    learner0 = {n: p.detach().clone() for n, p in model.named_parameters() if n in names}
+    cfg = _tune_cfg(method, base_ckpt, tiny_data, tmp_path).loop_config()
+    records = few_shot_records(tiny_data, "train", 4, 0)
+    ds, val_ds = make_datasets(cfg, model, mcfg.image_size, train_records=records)
+    fit(model, cfg, ds, val_ds, save=lambda p, e: p.mkdir(exist_ok=True), restore=lambda p: None)
+    after = _base_state(model)
+    assert sorted(after) == sorted(before)
+    for k, v in before.items():  # every base tensor (weights and buffers), bit for bit
+        assert torch.equal(v, after[k]), k
+    changed = [
+        n for n, p in model.named_parameters() if n in names and not torch.equal(p, learner0[n])
+    ]
+    assert changed, "the learner did not move"
+    assert all(n.startswith("prompter.") or "lora_" in n for n in names)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_tune_save_reload_reproduces_eval(method, base_ckpt, tiny_data, tmp_path):
+    out = tune(_tune_cfg(method, base_ckpt, tiny_data, tmp_path / method))
+    for name in ["best/adapter.safetensors", "best/adapter.yaml", "last/trainer_state.json",
+                 "metrics.jsonl", "curves.png", "eval.json"]:  # fmt: skip
+        assert (out / name).is_file(), name
+    report = json.loads((out / "eval.json").read_text())
+    meta = yaml.safe_load((out / "best" / "adapter.yaml").read_text())
+    assert meta["method"] == method and meta["base"]["model"] == str(Path(base_ckpt).resolve())
+    # a few KB, and a tiny fraction of the model
+    assert report["adapter_bytes"] < 48 * 1024
+    assert 0 < report["params"]["fraction"] < 0.005
+    assert report["params"]["trainable"] == sum(
+        t.numel() for t in load_file(str(out / "best" / "adapter.safetensors")).values()
+    )
+    seg = vlseg.load(str(base_ckpt), adapter=out / "best")
+    assert seg.name == f"tiny-test+{method}"
+    assert state_dict_sha256(seg.model) == meta["base"]["sha256"]
+    base_model, _, _ = load_checkpoint(base_ckpt)
+    base, adapted = _base_state(base_model), _base_state(seg.model)
+    assert all(torch.equal(base[k], adapted[k]) for k in base)
+    res = evaluate(seg.model, _test_set(seg, tiny_data), batch_size=4, limit=8)
+    np.testing.assert_equal(res, report["results"])
+
+
+def test_train_decoder_adapter_holds_the_decoder_and_resumes(base_ckpt, tiny_data, tmp_path):
+    cfg = _tune_cfg("vpt", base_ckpt, tiny_data, tmp_path / "d", train_decoder=True, max_steps=2)
+    out = tune(cfg)
+    keys = set(load_file(str(out / "best" / "adapter.safetensors")))
+    assert any(k.startswith("decoder.") for k in keys) and "prompter.tokens" in keys
+    assert not any(k.startswith(("vision.visual.", "text.")) for k in keys)
+    base_model, _, _ = load_checkpoint(base_ckpt)
+    seg = vlseg.load(str(base_ckpt), adapter=out / "best")
+    towers = ("vision.visual.", "text.", "logit_scale")
+    base, adapted = _base_state(base_model), _base_state(seg.model)
+    assert all(torch.equal(base[k], adapted[k]) for k in base if k.startswith(towers))
+    assert not all(torch.equal(base[k], adapted[k]) for k in base if k.startswith("decoder."))
+    res = evaluate(seg.model, _test_set(seg, tiny_data), batch_size=4, limit=8)
+    np.testing.assert_equal(res, json.loads((out / "eval.json").read_text())["results"])
+    # a second call with a larger budget continues from last/
+    cfg.max_steps, cfg.epochs = 4, 2
+    tune(cfg)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3, 4]
+
+
+def test_mismatched_base_is_refused(base_ckpt, tiny_data, tmp_path):
+    out = tune(_tune_cfg("coop", base_ckpt, tiny_data, tmp_path / "t", eval_split=None))
+    torch.manual_seed(1)
+    cfg = model_config("tiny-test")
+    other = save_checkpoint(build_model(cfg), cfg, tmp_path / "other")
+    with pytest.raises(ValueError) as err:
+        vlseg.load(str(other), adapter=out / "best")
+    msg = str(err.value)
+    want = yaml.safe_load((out / "best" / "adapter.yaml").read_text())["base"]
+    assert want["sha256"] in msg and state_dict_sha256(load_checkpoint(other)[0]) in msg
+    assert str(Path(base_ckpt).resolve()) in msg
+    # without a model, the adapter's own base is loaded
+    assert vlseg.load(adapter=out / "best").name == "tiny-test+coop"
+
+
+def test_cli_tune_then_eval_with_adapter(tiny_data, tmp_path, capsys):
+    rc = cli_main(
+        ["tune", "--config", str(REPO / "configs/tune/vpt.yaml"), "--model", "tiny-test",
+         "--data", str(tiny_data), f"out={tmp_path / 'r'}", "limit=4", "max_steps=2",
+         "batch_size=4", "num_workers=0", "val_limit=4", "eval_limit=4", "deep=true"]
+    )  # fmt: skip
+    assert rc == 0
+    # tiny-test has no weights: its random init was saved as the adapter's base
+    meta = yaml.safe_load((tmp_path / "r" / "best" / "adapter.yaml").read_text())
+    assert meta["base"]["model"] == str((tmp_path / "r" / "base").resolve())
+    assert meta["learner"]["deep"] is True and meta["learner_shapes"]["depth"] == 2
+    rc = cli_main(
+        ["eval", "--adapter", str(tmp_path / "r" / "best"), "--data", str(tiny_data),
+         "--split", "test", "--limit", "4", "--out", str(tmp_path / "m.json")]
+    )  # fmt: skip
+    assert rc == 0
+    res = json.loads((tmp_path / "m.json").read_text())["results"]["test"]
+    np.testing.assert_equal(res, json.loads((tmp_path / "r" / "eval.json").read_text())["results"])
+    assert cli_main(["tune", "--model", "tiny-test", "n_ctxx=3"]) == 2
+    assert "unknown override key 'n_ctxx'" in capsys.readouterr().err
+
+
+def test_few_shot_draw_is_seeded_and_balanced(tiny_data):
+    a = few_shot_records(tiny_data, "train", 4, seed=0)
+    b = few_shot_records(tiny_data, "train", 4, seed=0)
+    images = {r.image for r in a}
+    assert [r.id for r in a] == [r.id for r in b] and len(images) == 4
+    mods = [next(r.modality for r in a if r.image == img) for img in images]
+    assert sorted(mods) == ["ct", "ct", "dermoscopy", "dermoscopy"]
+    assert len({r.image for r in few_shot_records(tiny_data, "train", None, seed=0)}) > 4
+
+
+# ---------------------------------------------------------------------------- CNN towers
+@pytest.mark.parametrize("method", ["vpt", "maple", "lora", "cocoop"])
+def test_cnn_vision_tower(method, cnn_cfg, tiny_data, tmp_path):
+    torch.manual_seed(0)
+    mcfg = model_config(cnn_cfg)
+    base = save_checkpoint(build_model(mcfg), mcfg, tmp_path / "base")
+    model, _, _ = load_checkpoint(base)
+    assert model.vision.tower_kind == "timm_cnn"
+    cfg = _tune_cfg(method, base, tiny_data, tmp_path / "run", max_steps=2, deep=False)
+    out = tune(cfg)
+    meta = yaml.safe_load((out / "best" / "adapter.yaml").read_text())
+    if method in ("vpt", "maple"):
+        assert meta["learner_shapes"]["mode"] == "pixels"
+    seg = vlseg.load(str(base), adapter=out / "best")
+    if method == "vpt":  # the padding prompt is zero inside the border
+        prompt = seg.model.prompter.vision_prompt(1)["prompt"]
+        assert prompt.abs()[..., 4:-4, 4:-4].max() == 0 and prompt.abs().max() > 0
+    if method == "lora":
+        assert any("conv2.lora_A" in k for k in seg.model.state_dict())
+    res = evaluate(seg.model, _test_set(seg, tiny_data), batch_size=4, limit=8)
+    np.testing.assert_equal(res, json.loads((out / "eval.json").read_text())["results"])
+    with pytest.raises(ValueError, match="token prompts need"):
+        seg.model.vision(torch.zeros(1, 3, 64, 64), torch.zeros(1, 2, 8))
+
+
+@pytest.mark.slow
+def test_phantom_tiny_architecture_hf_text_tower(tiny_data, tmp_path):
+    """phantom-tiny itself (resnet10t + frozen MiniLM), random init, CoOp and VPT at 128 px."""
+    data = yaml.safe_load((REPO / "configs/models/phantom-tiny.yaml").read_text())
+    mcfg = from_dict(ModelConfig, data)
+    torch.manual_seed(0)
+    model = build_model(mcfg).eval()
+    assert model.text.tower_kind == "hf"
+    # learned context inserted after [CLS] equals the same words typed into the prompt
+    text = model.text
+    ctx = text.embed_tokens(text.tokenize(["dark round"])["ids"])[:, 1:3]
+    plain, joined = text.tokenize(["the liver"]), text.tokenize(["dark round the liver"])
+    with torch.no_grad():
+        got = text(plain["ids"], plain["mask"], ctx=ctx)
+        want = text(joined["ids"], joined["mask"])
+        deep = text(plain["ids"], plain["mask"], ctx=ctx, deep_ctx=[ctx] * 5)
+    torch.testing.assert_close(got["embedding"], want["embedding"], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(deep["embedding"], got["embedding"])
+    base = save_checkpoint(model, mcfg, tmp_path / "base")
+    for method in ("coop", "vpt"):
+        out = tune(
+            _tune_cfg(method, base, tiny_data, tmp_path / method, max_steps=2, deep=True)
+            if method == "coop"
+            else _tune_cfg(method, base, tiny_data, tmp_path / method, max_steps=2)
+        )
+        report = json.loads((out / "eval.json").read_text())
+        assert report["adapter_bytes"] < 64 * 1024
+        seg = vlseg.load(str(base), adapter=out / "best")
+        res = evaluate(seg.model, _test_set(seg, tiny_data), batch_size=4, limit=8)
+        np.testing.assert_equal(res, report["results"])
