@@ -29,16 +29,18 @@ $(STAMP): pyproject.toml $(VENV)/.torch-installed
 
 # Debian chromium for the headless browser test (playwright never downloads its own).
 browser:
-	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
+# The chat app on the embedded default, bound to 127.0.0.1:7860 (python app.py --help for options).
 run: setup
-	$(VENV)/bin/vlseg phantoms --out runs/phantoms-preview --n 24 --seed 7 --preview docs/phantoms_contact_sheet.png
+	HF_HUB_OFFLINE=1 $(PY) app.py
 
-test: setup
-	$(PY) -m pytest -q
+test: setup browser
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

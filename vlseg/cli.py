@@ -237,6 +237,15 @@ def _cmd_eval_retrieval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from app import serve  # the Gradio wiring; the library itself never imports gradio
+    except ImportError as exc:
+        raise SystemExit(f"vlseg serve needs the app extra: pip install 'vlseg[app]' ({exc})")
+    serve(args.model, args.index, args.host, args.port, args.auth)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vlseg", description="Vision-language referring segmentation for medical images."
@@ -342,6 +351,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", required=True)
     p.add_argument("--out", help="metrics JSON path")
     p.set_defaults(func=_cmd_eval_retrieval)
+
+    p = sub.add_parser("serve", help="start the chat app (Gradio)")
+    p.add_argument("--model", default=None, help="name or checkpoint dir (default phantom-tiny)")
+    p.add_argument("--index", default=None, help="retrieval index dir for 'find similar cases'")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--auth", default=None, help="user:pass")
+    p.set_defaults(func=_cmd_serve)
     return parser
 
 

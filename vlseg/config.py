@@ -71,6 +71,7 @@ class TrainConfig:
     val_limit: int | None = 400  # validation items per evaluation (None = all)
     log_every: int = 20  # steps between log lines
     resume: bool = True  # continue from out/last if it exists
+    train_only: list[str] | None = None  # parameter-name prefixes to train; None = all trainable
 
 
 def _field_names(cls) -> list[str]:

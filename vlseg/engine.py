@@ -48,6 +48,13 @@ def _dist_setup() -> tuple[int, int, torch.device]:
 
 def _param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
     enc, dec = [], []
+    if cfg.train_only:
+        # Train only the named parameters (e.g. the image projection for CLIP alignment); the
+        # rest, and so the segmentation path, stays exactly as loaded.
+        for name, p in model.named_parameters():
+            p.requires_grad_(any(name.startswith(prefix) for prefix in cfg.train_only))
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ValueError(f"train_only={cfg.train_only} matches no parameter")
     for name, p in model.named_parameters():
         if p.requires_grad:
             (enc if name.startswith(("vision.visual.", "text.")) else dec).append(p)

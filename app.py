@@ -1,0 +1,246 @@
+"""Gradio wiring for the chat service; all logic is in :mod:`vlseg.chat`.
+
+Run ``python app.py``, ``make run`` or ``vlseg serve``. This module is the only place that imports
+gradio: the library (``vlseg``) stays UI-free. API endpoints for
+``gradio_client``:
+
+- ``/chat``: one chat turn, ``message={"text": str, "files": [handle_file(path)]}``; returns the
+  chat log, the cleared message box, the annotated view and the mask files. The conversation
+  (image cache included) is kept per client session.
+- ``/segment``: stateless, ``image=handle_file(path), text=str``; returns the reply (markdown),
+  the overlay image and the mask PNGs.
+- ``/reset``: forget the session's image and chat log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from vlseg.chat import RESEARCH_NOTICE, ChatService, ChatSession, TurnOutput, load_index
+from vlseg.predictor import Segmenter, load
+
+log = logging.getLogger(__name__)
+
+CONCURRENCY_LIMIT = 2  # model calls at once; more queue (the model is shared)
+QUEUE_SIZE = 64
+SESSION_TTL_S = 4 * 3600
+MAX_FILE_SIZE = "50mb"
+# (seed, index, modality, prompt): one click each for segmentation, several targets with mm^2
+# (the phantom's true spacing is appended to the prompt), and classification.
+EXAMPLE_SPECS = (
+    (7, 0, "ct", "segment the hepatic lesion"),
+    (7, 1, "ct", "the liver, the spleen and both kidneys, spacing {spacing:.2f} mm"),
+    (7, 0, "dermoscopy", "is it a melanoma or a nevus?"),
+)
+
+
+def make_examples(directory: str | os.PathLike[str], size: int = 256) -> list[tuple[str, str]]:
+    """Render the example phantoms as PNGs into ``directory``.
+
+    Returns:
+        (image path, prompt) pairs.
+    """
+    from vlseg.data.phantoms import generate_sample
+
+    out = []
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for seed, index, modality, prompt in EXAMPLE_SPECS:
+        s = generate_sample(seed=seed, index=index, modality=modality, size=size)
+        path = directory / f"{s.id}.png"
+        Image.fromarray(s.image).save(path)
+        out.append((str(path), prompt.format(spacing=s.spacing[0])))
+    return out
+
+
+def _view(out: TurnOutput):
+    if not out.view_changed:
+        return gr.skip(), gr.skip()
+    view = None
+    if out.base is not None:
+        anns = [(m.astype(np.float32), label) for m, label in out.annotations]
+        view = gr.AnnotatedImage(value=(out.base, anns), color_map=out.colors)
+    return view, (out.files or None)
+
+
+def build_demo(
+    segmenter: Segmenter, index: Any = None, *, examples_dir: str | os.PathLike[str] | None = None
+) -> gr.Blocks:
+    """The chat UI and its API endpoints (``/chat``, ``/segment``, ``/reset``).
+
+    Args:
+        segmenter: the shared model (read-only here; each session caches its own image).
+        index: a retrieval index with ``search_meta(vectors, k)`` for "find similar cases".
+        examples_dir: where to render the example phantoms (default: a new temp directory).
+    """
+    service = ChatService(segmenter, index)
+    examples = make_examples(examples_dir or tempfile.mkdtemp(prefix="vlseg-examples-"))
+
+    def chat(message: dict | None, session: ChatSession | None):
+        session = session if isinstance(session, ChatSession) else ChatSession()
+        message = message if isinstance(message, dict) else {"text": str(message or "")}
+        out = service.respond(session, message.get("text") or "", message.get("files") or [])
+        view, files = _view(out)
+        return session.history, None, view, files, session
+
+    def reset(session: ChatSession | None):
+        if isinstance(session, ChatSession):
+            session.close()
+        return [], None, None, ChatSession()
+
+    def segment(image: str | None, text: str | None):
+        out = service.segment_once(image, text or "")
+        return out.reply, out.overlay, (out.files or None)
+
+    with gr.Blocks(title="vlseg chat", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+        gr.Markdown(
+            f"## vlseg: describe what to segment in a medical image\n\n⚠️ **{RESEARCH_NOTICE}**",
+            elem_id="notice",
+        )
+        session = gr.State(  # None until the first turn creates this user's ChatSession
+            None,
+            time_to_live=SESSION_TTL_S,
+            delete_callback=lambda s: s.close() if isinstance(s, ChatSession) else None,
+        )
+        with gr.Row():
+            with gr.Column(scale=3):
+                chatbot = gr.Chatbot(
+                    label="Chat",
+                    height=520,
+                    elem_id="chat",
+                    feedback_options=None,
+                    placeholder="Upload an image with 📎 or click an example below, then ask "
+                    "e.g. *segment the hepatic lesion*. Type *help* for more.",
+                )
+                box = gr.MultimodalTextbox(
+                    placeholder="Ask about the image, e.g. 'segment the hepatic lesion'",
+                    file_count="single",
+                    sources=["upload"],
+                    label="Message",
+                    show_label=False,
+                    elem_id="message",
+                )
+            with gr.Column(scale=2):
+                view = gr.AnnotatedImage(label="Annotated view", format="png", elem_id="view")
+                masks = gr.File(
+                    label="Masks (PNG, original resolution)",
+                    file_count="multiple",
+                    interactive=False,
+                    elem_id="masks",
+                )
+        ex = gr.Examples(
+            examples=[[{"text": prompt, "files": [path]}] for path, prompt in examples],
+            inputs=[box],
+            label="Examples (click one to run it)",
+            example_labels=[f"{Path(p).stem}: {prompt}" for p, prompt in examples],
+        )
+        with gr.Accordion("One image, one question (API: /segment)", open=False):
+            with gr.Row():
+                one_image = gr.File(label="Image", type="filepath", file_count="single")
+                with gr.Column():
+                    one_text = gr.Textbox(label="What to segment", value="the hepatic lesion")
+                    one_button = gr.Button("Segment", variant="primary")
+            one_reply = gr.Markdown(label="Reply")
+            with gr.Row():
+                one_overlay = gr.Image(label="Overlay", type="numpy", format="png")
+                one_masks = gr.File(label="Masks", file_count="multiple", interactive=False)
+
+        turn = {
+            "fn": chat,
+            "inputs": [box, session],
+            "outputs": [chatbot, box, view, masks, session],
+            "concurrency_id": "model",  # one limit shared by every event that runs the model
+        }
+        box.submit(**turn, api_name="chat", show_progress="minimal")
+        ex.load_input_event.then(**turn, api_visibility="private", show_progress="minimal")
+        chatbot.clear(reset, [session], [chatbot, view, masks, session], api_name="reset")
+        one_button.click(
+            segment,
+            [one_image, one_text],
+            [one_reply, one_overlay, one_masks],
+            api_name="segment",
+            concurrency_id="model",
+        )
+    demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_SIZE)
+    demo.vlseg_service = service  # for tests and for closing
+    return demo
+
+
+def parse_auth(auth: str | tuple[str, str] | None) -> tuple[str, str] | None:
+    """``"user:password"`` (or a tuple) -> ``(user, password)``; None stays None."""
+    if auth is None or isinstance(auth, tuple):
+        return auth
+    user, sep, password = str(auth).partition(":")
+    if not sep or not user or not password:
+        raise ValueError("auth must look like 'user:password' (both non-empty)")
+    return user, password
+
+
+def serve(
+    model: str | os.PathLike[str] | Segmenter | None = None,
+    index: Any = None,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    auth: str | tuple[str, str] | None = None,
+    *,
+    block: bool = True,
+) -> gr.Blocks:
+    """Start the chat service.
+
+    Args:
+        model: registered name, checkpoint directory, a ``Segmenter``, or None for the default.
+        index: a retrieval index (object or saved directory) for "find similar cases".
+        host: interface to bind; the default serves this machine only.
+        port: TCP port.
+        auth: ``"user:password"`` to require a login (default: ``$VLSEG_AUTH`` if set).
+        block: wait until interrupted (False: return the running app, e.g. in tests).
+
+    Returns:
+        The launched ``gr.Blocks`` (after shutdown when ``block``).
+    """
+    creds = parse_auth(auth or os.environ.get("VLSEG_AUTH") or None)
+    seg = model if isinstance(model, Segmenter) else load(model)
+    demo = build_demo(seg, load_index(index))
+    if host not in ("127.0.0.1", "localhost", "::1") and creds is None:
+        log.warning("serving on %s without --auth: anyone who can reach it can use it", host)
+    demo.launch(
+        server_name=host,
+        server_port=port,
+        auth=creds,
+        max_file_size=MAX_FILE_SIZE,
+        prevent_thread_lock=not block,
+        ssr_mode=False,
+        footer_links=["api"],
+    )
+    return demo
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="vlseg chat service (gradio)")
+    parser.add_argument("--model", default=None, help="model name or checkpoint dir")
+    parser.add_argument("--index", default=None, help="retrieval index directory")
+    parser.add_argument("--host", default="127.0.0.1", help="interface (default: local only)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--auth", default=None, help="user:password (or set $VLSEG_AUTH)")
+    args = parser.parse_args(argv)
+    try:
+        parse_auth(args.auth)
+    except ValueError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("vlseg").setLevel(logging.INFO)
+    serve(args.model, args.index, args.host, args.port, args.auth)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,56 @@
+"""Fixtures for the chat service tests: a tiny random model and phantom image files."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vlseg.predictor import Segmenter
+from vlseg.registry import build_model, model_config
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """A tiny random VLSegModel (shared; tests build their own Segmenter around it)."""
+    torch.manual_seed(0)
+    return build_model(model_config("tiny-test"))
+
+
+@pytest.fixture
+def tiny_seg(tiny_model):
+    """A fresh Segmenter (own counters) on the tiny model; threshold 0.5."""
+    return Segmenter(tiny_model, image_size=64, name="tiny-test")
+
+
+@pytest.fixture
+def eager_seg(tiny_model):
+    """Threshold 0: every target is 'present' with a non-empty mask, to exercise area replies."""
+    return Segmenter(tiny_model, image_size=64, threshold=0.0, name="tiny-test")
+
+
+@pytest.fixture(scope="session")
+def phantom_pngs(tmp_path_factory):
+    """Two phantom PNGs (CT 96x80 crop, dermoscopy 64x64) and their sample objects."""
+    from vlseg.data.phantoms import generate_sample
+
+    d = tmp_path_factory.mktemp("chat-images")
+    ct = generate_sample(seed=7, index=0, modality="ct", size=96)
+    derm = generate_sample(seed=7, index=2, modality="dermoscopy", size=64)
+    ct_path, derm_path = d / "ct.png", d / "derm.png"
+    Image.fromarray(ct.image[:80]).save(ct_path)  # non-square on purpose
+    Image.fromarray(derm.image).save(derm_path)
+    return {"ct": ct_path, "derm": derm_path, "dir": d}
+
+
+@pytest.fixture(scope="session")
+def bad_files(tmp_path_factory):
+    """Uploads that are not usable images: text, truncated PNG, empty file, a pixel bomb."""
+    d = tmp_path_factory.mktemp("bad-uploads")
+    (d / "notes.txt").write_text("not an image\n" * 10)
+    good = d / "good.png"
+    Image.fromarray(np.full((40, 40), 128, np.uint8)).save(good)
+    (d / "truncated.png").write_bytes(good.read_bytes()[:60])
+    (d / "empty.png").write_bytes(b"")
+    # 20000 x 20000 = 4e8 pixels, but a tiny file: rejected from the header
+    Image.new("1", (20000, 20000)).save(d / "bomb.png", optimize=True)
+    return {p.stem: p for p in d.iterdir() if p.name != "good.png"}

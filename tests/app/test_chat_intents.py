@@ -1,0 +1,106 @@
+"""Message parsing: intents, several targets, stated pixel spacing."""
+
+import pytest
+
+from vlseg.chat.intents import MAX_TARGETS, extract_spacing, parse_message, split_targets
+
+
+@pytest.mark.parametrize(
+    "text, targets",
+    [
+        ("segment the hepatic lesion", ("the hepatic lesion",)),
+        ("the liver and the hepatic lesion", ("the liver", "the hepatic lesion")),
+        ("both kidneys", ("both kidneys",)),
+        ("segment both kidneys please", ("both kidneys",)),
+        ("the left and right kidneys", ("the left and right kidneys",)),
+        ("the lesions in the left and right lobes", ("the lesions in the left and right lobes",)),
+        ("liver and spleen", ("liver", "spleen")),
+        (
+            "show me the liver, the spleen, and both kidneys",
+            ("the liver", "the spleen", "both kidneys"),
+        ),  # noqa: E501
+        ("Can you please outline the melanoma?", ("the melanoma",)),
+        ("where is the spleen?", ("the spleen",)),
+        ("is there a renal cyst?", ("a renal cyst",)),
+        ("the liver; the liver", ("the liver",)),
+        ("the liver as well as the spleen", ("the liver", "the spleen")),
+    ],
+)
+def test_segment_targets(text, targets):
+    intent = parse_message(text)
+    assert intent.kind == "segment"
+    assert intent.targets == targets
+
+
+@pytest.mark.parametrize(
+    "text, labels",
+    [
+        ("what is this?", ()),
+        ("What's in this image", ()),
+        ("classify", ()),
+        ("classify as melanoma, nevus or dermatofibroma", ("melanoma", "nevus", "dermatofibroma")),
+        ("is it a melanoma or a nevus?", ("melanoma", "nevus")),
+        ("is this lesion melanoma or nevus", ("melanoma", "nevus")),
+        ("could it be a nevus?", ("nevus",)),
+    ],
+)
+def test_classify(text, labels):
+    intent = parse_message(text)
+    assert intent.kind == "classify"
+    assert intent.targets == labels
+
+
+@pytest.mark.parametrize(
+    "text, k", [("find similar cases", 5), ("similar cases", 5), ("find 3 similar cases", 3)]
+)
+def test_similar(text, k):
+    intent = parse_message(text)
+    assert (intent.kind, intent.k) == ("similar", k)
+
+
+@pytest.mark.parametrize("text", ["help", "Help!", "?", "hello", "what can you do?"])
+def test_help(text):
+    assert parse_message(text).kind == "help"
+
+
+def test_help_me_segment_is_a_segmentation():
+    assert parse_message("help me segment the liver").targets == ("the liver",)
+
+
+def test_empty_and_command_only_messages_have_no_targets():
+    for text in ["", "   ", "segment", "please segment."]:
+        intent = parse_message(text)
+        assert intent.kind == "segment" and intent.targets == ()
+
+
+def test_too_many_targets_are_capped_with_a_note():
+    intent = parse_message(", ".join(f"thing {i}" for i in range(MAX_TARGETS + 3)))
+    assert len(intent.targets) == MAX_TARGETS and "first" in intent.note
+
+
+@pytest.mark.parametrize(
+    "text, rest, spacing",
+    [
+        ("segment the liver (spacing 0.8 mm)", "segment the liver", (0.8, 0.8)),
+        ("the liver, pixel spacing 0.7 x 0.8 mm", "the liver,", (0.7, 0.8)),
+        ("the liver 1.2 mm/px", "the liver", (1.2, 1.2)),
+        ("the liver spacing=0", "the liver", None),
+        ("the liver", "the liver", None),
+    ],
+)
+def test_spacing(text, rest, spacing):
+    assert extract_spacing(text) == (rest, spacing)
+    assert parse_message(text).spacing == spacing
+
+
+def test_split_targets_doc_example():
+    assert split_targets("show me the liver, the spleen and the left and right kidneys") == (
+        "the liver",
+        "the spleen",
+        "the left and right kidneys",
+    )
+
+
+def test_non_str_message_is_a_type_error():
+    with pytest.raises(TypeError, match="message must be str"):
+        parse_message(None)

@@ -1,0 +1,51 @@
+"""Chat service logic: intents, per-session image cache, replies, overlays (no gradio here).
+
+    >>> from vlseg.chat import ChatService, ChatSession
+    >>> service = ChatService(vlseg.load())                      # doctest: +SKIP
+    >>> session = ChatSession()
+    >>> out = service.respond(session, "segment the liver", ["ct.png"])  # doctest: +SKIP
+    >>> out.reply                                                # doctest: +SKIP
+    '**the liver**: area 4,210 px, 1 connected component (presence 0.97)'
+
+``app.py`` wires this to gradio.
+"""
+
+from .intents import INTENTS, Intent, parse_message, split_targets
+from .replies import HELP_TEXT, RESEARCH_NOTICE
+from .service import (
+    DEFAULT_LABELS,
+    MAX_MESSAGE_CHARS,
+    MAX_UPLOAD_PIXELS,
+    ChatService,
+    TurnOutput,
+    load_index,
+)
+from .session import (
+    ChatSession,
+    classify_cached,
+    encode_image,
+    image_embedding,
+    search_similar,
+    segment_cached,
+)
+
+__all__ = [
+    "DEFAULT_LABELS",
+    "HELP_TEXT",
+    "INTENTS",
+    "MAX_MESSAGE_CHARS",
+    "MAX_UPLOAD_PIXELS",
+    "RESEARCH_NOTICE",
+    "ChatService",
+    "ChatSession",
+    "Intent",
+    "TurnOutput",
+    "classify_cached",
+    "encode_image",
+    "image_embedding",
+    "load_index",
+    "parse_message",
+    "search_similar",
+    "segment_cached",
+    "split_targets",
+]

@@ -1,0 +1,108 @@
+"""Reply texts: fixed messages, measurements, escaping, and file names from uploads."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from vlseg.predictor import SegmentationResult
+
+RESEARCH_NOTICE = (
+    "Research use only. vlseg is not a medical device: its outputs are not validated for "
+    "diagnosis or treatment decisions. The default model was trained on synthetic phantoms."
+)
+SUPPORTED = "PNG, JPEG, BMP, TIFF, DICOM (.dcm) or NIfTI (.nii/.nii.gz)"
+
+NO_IMAGE_TEXT = (
+    "Please upload an image first: use the 📎 button in the message box, or click one of the "
+    "examples. Then ask, e.g., *segment the liver*. Type *help* for more."
+)
+HELP_TEXT = f"""I segment what you describe in a medical image and measure it.
+
+1. **Upload an image** with the 📎 button ({SUPPORTED}), or click an example.
+2. **Ask**, for example:
+   - *segment the hepatic lesion*: the mask, its area and number of connected components,
+     or "not found" when the model judges it absent;
+   - *the liver and both kidneys*: several targets at once (commas or "and");
+   - *what is this?* or *is it a melanoma or a nevus?*: zero-shot classification;
+   - *find similar cases*: nearest cases in the case index (when one is loaded);
+   - add *spacing 0.8 mm* to any message to get areas in mm² for images without it.
+
+Follow-up questions reuse the encoded image, so they are fast. Masks can be downloaded as PNG
+files at the image's own resolution.
+
+_{RESEARCH_NOTICE}_"""
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def clean_text(text: Any) -> str:
+    if text is None:
+        return ""
+    if not isinstance(text, str):
+        text = str(text)
+    return _CONTROL.sub(" ", text).strip()
+
+
+def md_escape(text: str) -> str:
+    """Escape markdown/HTML in text echoed back to the user."""
+    return re.sub(r"([\\`*_{}\[\]<>#|~])", r"\\\1", text)
+
+
+def join_notes(notes: list[str], body: str) -> str:
+    return "\n\n".join([body, *notes]) if notes else body
+
+
+def unique_labels(labels: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        out.append(label if seen[label] == 1 else f"{label} ({seen[label]})")
+    return out
+
+
+def area_text(r: SegmentationResult) -> str:
+    px = f"{r.area_px:,} px"
+    return f"{px} ({r.area_mm2:,.1f} mm²)" if r.area_mm2 is not None else px
+
+
+def short_measure(r: SegmentationResult) -> str:
+    if not r.present:
+        return "not found"
+    return f"{r.area_mm2:,.1f} mm²" if r.area_mm2 is not None else f"{r.area_px:,} px"
+
+
+def describe(r: SegmentationResult) -> str:
+    """One reply line, e.g. "**the liver**: area 1,234 px (345.6 mm²), 1 connected component"."""
+    name = f"**{md_escape(r.text)}**"
+    if not r.present:
+        return f"{name}: not found (presence {r.score:.2f})"
+    comps = f"{r.n_components} connected component" + ("s" if r.n_components != 1 else "")
+    return f"{name}: area {area_text(r)}, {comps} (presence {r.score:.2f})"
+
+
+def file_path(f: Any) -> Any:
+    if isinstance(f, dict):
+        return f.get("path") or f.get("name")
+    return getattr(f, "path", f)
+
+
+def file_name(f: Any) -> str:
+    if isinstance(f, dict) and f.get("orig_name"):
+        return str(f["orig_name"])
+    p = file_path(f)
+    if isinstance(p, (str, os.PathLike)):
+        return Path(p).name or "the upload"
+    return "the upload"
+
+
+def readable_error(exc: Exception, path: Any, name: str) -> str:
+    """The loader's message without server paths."""
+    msg = str(exc) or type(exc).__name__
+    if isinstance(path, (str, os.PathLike)):
+        msg = msg.replace(str(path), name)
+    msg = re.sub(r"(/[\w.\-]+)+/", "", msg)  # any other absolute directory
+    return md_escape(msg[:400])
