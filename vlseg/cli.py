@@ -241,7 +241,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         from app import serve  # the Gradio wiring; the library itself never imports gradio
     except ImportError as exc:
-        raise SystemExit(f"vlseg serve needs the app extra: pip install 'vlseg[app]' ({exc})")
+        raise SystemExit(
+            f"vlseg serve needs the app extra: pip install 'vlseg[app]' ({exc})"
+        ) from exc
     serve(args.model, args.index, args.host, args.port, args.auth)
     return 0
 

@@ -55,8 +55,9 @@ def test_every_registered_variant_builds_and_trains_on_a_tiny_size(name):
         from vlseg.modeling.towers import known_config
 
         clip = known_config(cfg.clip["known"])
-        clip["config"]["text_cfg"].update(hf_model_name="minilm", hf_tokenizer_name="minilm",
-                                          hf_model_pretrained=False)
+        clip["config"]["text_cfg"].update(
+            hf_model_name="minilm", hf_tokenizer_name="minilm", hf_model_pretrained=False
+        )
         cfg = dataclasses.replace(cfg, clip=clip)
     model = build_model(cfg)
     _step(model, size)

@@ -162,10 +162,18 @@ class VLSegModel(nn.Module):
             # One text-tower call for prompts and captions: DDP allows each parameter to be
             # used once per forward. Padding columns are masked out, so results are unchanged.
             t = max(ids.shape[1], caption_ids.shape[1])
-            ids = torch.cat([F.pad(ids, (0, t - ids.shape[1])),
-                             F.pad(caption_ids, (0, t - caption_ids.shape[1]))])
-            mask = torch.cat([F.pad(mask, (0, t - mask.shape[1])),
-                              F.pad(caption_mask, (0, t - caption_mask.shape[1]))])
+            ids = torch.cat(
+                [
+                    F.pad(ids, (0, t - ids.shape[1])),
+                    F.pad(caption_ids, (0, t - caption_ids.shape[1])),
+                ]
+            )
+            mask = torch.cat(
+                [
+                    F.pad(mask, (0, t - mask.shape[1])),
+                    F.pad(caption_mask, (0, t - caption_mask.shape[1])),
+                ]
+            )
             emb = img.embedding.repeat(2, 1)
         else:
             emb = img.embedding
