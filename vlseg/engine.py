@@ -308,6 +308,13 @@ def fit(
         if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(epoch)
         model.train()
+        if getattr(cfg, "train_only", None):
+            # Frozen BatchNorm layers keep their running statistics: only the named
+            # parameters may change in a train_only run.
+            for m in model.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not any(
+                        p.requires_grad for p in m.parameters(recurse=False)):
+                    m.eval()
         bar = tqdm(
             loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0, dynamic_ncols=True
         )
