@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import load_yaml, save_yaml
+from .data.io import atomic_directory
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter.yaml"
@@ -254,18 +253,9 @@ def save_adapter(
         "params": parameter_stats(model, names),
         **(extra or {}),
     }
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_directory(path) as tmp:
         save_file(state, str(tmp / ADAPTER_WEIGHTS), metadata={"format": FORMAT})
         save_yaml(meta, tmp / ADAPTER_CONFIG)
-        old = path.with_name(f".{path.name}.old")
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

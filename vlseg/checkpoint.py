@@ -8,14 +8,13 @@ lists their key prefixes under ``external`` and loading rebuilds them from that 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig, from_dict, load_yaml, save_yaml, to_dict
+from .data.io import atomic_directory
 from .registry import build_model, model_config
 
 WEIGHTS = "model.safetensors"
@@ -51,18 +50,9 @@ def save_checkpoint(
         for k, v in model.state_dict().items()
         if not any(k.startswith(p) for p in skip)
     }
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_directory(path) as tmp:
         save_file(state, str(tmp / WEIGHTS), metadata={"format": "vlseg"})
         save_yaml({"model": to_dict(cfg), "external": skip, **(extra or {})}, tmp / CONFIG)
-        old = path.with_name(f".{path.name}.old")
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

@@ -313,7 +313,8 @@ def fit(
             # parameters may change in a train_only run.
             for m in model.modules():
                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not any(
-                        p.requires_grad for p in m.parameters(recurse=False)):
+                    p.requires_grad for p in m.parameters(recurse=False)
+                ):
                     m.eval()
         bar = tqdm(
             loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0, dynamic_ncols=True

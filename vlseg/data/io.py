@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -534,6 +535,30 @@ def save_mask_png(mask: np.ndarray, path: str | os.PathLike[str]) -> Path:
     with atomic_write(path) as tmp:
         Image.fromarray(binary.astype(np.uint8) * 255, mode="L").save(tmp, format="PNG")
     return path
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Build a directory in a temporary sibling and swap it into place on success.
+
+    Yields the temporary directory to fill. On success any existing ``path`` is renamed away, the
+    new directory renamed in and the old copy removed; on error the temporary one is deleted and
+    ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        old = path.with_name(f".{path.name}.old")
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 @contextlib.contextmanager
