@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -135,13 +134,12 @@ def bench_phantom(a) -> dict[str, float]:
 
 
 def write_json(path: str, data: dict) -> None:
-    """Write ``data`` atomically (temp file in the same folder, then rename)."""
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, dest)
+    """Write ``data`` atomically (vlseg's temp-file + fsync + rename helper)."""
+    from vlseg.data.io import atomic_write
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2))
 
 
 def main(argv: list[str] | None = None) -> dict:
