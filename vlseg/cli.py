@@ -68,8 +68,6 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
 
     from vlseg.data.manifest import ManifestDataset
     from vlseg.engine import evaluate
@@ -97,17 +95,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             f"(n={int(r['n'])} positive / {int(r['n_all'])})"
         )
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(
-            json.dumps(
-                {"model": str(args.model), "data": str(args.data), "results": results}, indent=2
-            )
-            + "\n"
+        _write_json(
+            args.out, {"model": str(args.model), "data": str(args.data), "results": results}
         )
-        tmp.replace(out)
-        print(f"wrote {out}")
+        print(f"wrote {args.out}")
     return 0
 
 
@@ -147,7 +138,6 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval_classify(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     from vlseg.predictor import load
@@ -167,7 +157,7 @@ def _cmd_eval_classify(args: argparse.Namespace) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "classification.json").write_text(json.dumps(res, indent=2) + "\n")
+        _write_json(out / "classification.json", res)
         plot_confusion(res["confusion"], codes, out / "confusion.png")
         print(f"wrote {out / 'classification.json'} and {out / 'confusion.png'}")
     return 0
@@ -219,8 +209,6 @@ def _hit_sheet(hits: list[dict], path: str) -> None:
 
 
 def _cmd_eval_retrieval(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
 
     from vlseg.indexing import eval_retrieval
     from vlseg.predictor import load
@@ -233,7 +221,7 @@ def _cmd_eval_retrieval(args: argparse.Namespace) -> int:
         "every image sharing the caption as a hit)"
     )
     if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+        _write_json(args.out, res)
     return 0
 
 
@@ -246,6 +234,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         ) from exc
     serve(args.model, args.index, args.host, args.port, args.auth)
     return 0
+
+
+def _write_json(path, data: dict) -> None:
+    """Write a results file atomically (temp file, fsync, rename)."""
+    import json
+    from pathlib import Path
+
+    from vlseg.data.io import atomic_write
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
