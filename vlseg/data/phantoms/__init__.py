@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -24,6 +22,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ..io import atomic_directory
 from .ct import ct_caption, ct_targets, render_ct
 from .dermoscopy import CLASSES as DERM_CLASSES
 from .dermoscopy import derm_caption, derm_targets, render_dermoscopy
@@ -229,9 +228,7 @@ def write_dataset(
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pick another --out or pass --overwrite")
     n_heldout = max(1, n // 10) if n_heldout is None else n_heldout
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         (tmp / "images").mkdir()
         (tmp / "masks").mkdir()
         with open(tmp / "manifest.jsonl", "w", encoding="utf-8") as manifest:
@@ -260,10 +257,4 @@ def write_dataset(
             "prompts_per_target": prompts_per_target,
         }
         (tmp / "dataset.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
