@@ -56,6 +56,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_align(args: argparse.Namespace) -> int:
+    from vlseg.align import align, load_align_config
+
+    out = align(load_align_config(args.config, args.overrides))
+    print(f"run directory: {out} (aligned checkpoint: {out / 'best'})")
+    return 0
+
+
 def _cmd_tune(args: argparse.Namespace) -> int:
     from vlseg.tuning import load_tune_config, tune
 
@@ -238,14 +246,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _write_json(path, data: dict) -> None:
     """Write a results file atomically (temp file, fsync, rename)."""
-    import json
-    from pathlib import Path
+    from vlseg.data.io import write_json
 
-    from vlseg.data.io import atomic_write
-
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
+    write_json(path, data)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -279,6 +282,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="training YAML, e.g. configs/train/phantom_tiny.yaml")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. epochs=5 lr=3e-4")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "align",
+        help="contrastively train the image-embedding head on frozen features (zero-shot and "
+        "retrieval); segmentation weights stay unchanged",
+    )
+    p.add_argument("--config", help="align YAML, e.g. configs/train/phantom_tiny_align.yaml")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=500 data=D")
+    p.set_defaults(func=_cmd_align)
 
     p = sub.add_parser(
         "tune",

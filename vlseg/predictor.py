@@ -58,11 +58,15 @@ class ClassificationResult:
         labels: class names, in the order given.
         probs: float32 probabilities (softmax of ``100 * cos``), summing to 1.
         top: the most probable label.
+        logits: float64 ``100 * cos`` per label. Rank images by ``ovr_log_odds(logits)``
+            (e.g. for AUROC), not by ``probs``: at CLIP's temperature probabilities saturate to
+            exactly 0 or 1 and tie.
     """
 
     labels: list[str]
     probs: np.ndarray
     top: str
+    logits: np.ndarray | None = None
 
     def as_dict(self) -> dict[str, float]:
         return {lab: float(p) for lab, p in zip(self.labels, self.probs, strict=True)}
@@ -70,6 +74,18 @@ class ClassificationResult:
     def __repr__(self) -> str:
         best = sorted(self.as_dict().items(), key=lambda kv: -kv[1])[:3]
         return "ClassificationResult(" + ", ".join(f"{k}: {v:.3f}" for k, v in best) + ")"
+
+
+def ovr_log_odds(logits: np.ndarray) -> np.ndarray:
+    """One-vs-rest log-odds ``log p_c / (1 - p_c)`` of softmax(logits), N x C, computed without
+    forming probabilities (which saturate at 0 or 1): ranks exactly like ``p_c``."""
+    logits = np.asarray(logits, dtype=np.float64)
+    out = np.empty_like(logits)
+    for c in range(logits.shape[1]):
+        rest = np.delete(logits, c, axis=1)
+        m = rest.max(1)
+        out[:, c] = logits[:, c] - (m + np.log(np.exp(rest - m[:, None]).sum(1)))
+    return out
 
 
 def _check_texts(text: str | Sequence[str]) -> tuple[list[str], bool]:
@@ -208,13 +224,13 @@ class Segmenter:
             raise ValueError("labels must be non-empty strings")
         classes = self.class_embeddings(labels, templates)
         emb = self.image_embedding(image)
-        logits = 100.0 * np.atleast_2d(emb) @ classes.T
-        logits -= logits.max(1, keepdims=True)
-        probs = np.exp(logits)
+        logits = 100.0 * np.atleast_2d(emb).astype(np.float64) @ classes.T.astype(np.float64)
+        shifted = logits - logits.max(1, keepdims=True)
+        probs = np.exp(shifted)
         probs /= probs.sum(1, keepdims=True)
         out = [
-            ClassificationResult(labels, p.astype(np.float32), labels[int(np.argmax(p))])
-            for p in probs
+            ClassificationResult(labels, p.astype(np.float32), labels[int(np.argmax(lg))], lg)
+            for p, lg in zip(probs, logits, strict=True)
         ]
         return out if isinstance(image, (list, tuple)) else out[0]
 

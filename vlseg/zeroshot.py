@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from .data.manifest import read_manifest
 from .metrics import balanced_accuracy, confusion_matrix, macro_auroc, top1_accuracy
+from .predictor import ovr_log_odds
 
 
 def image_labels(data: str | os.PathLike, split: str | None, modality: str | None = None):
@@ -48,18 +49,21 @@ def evaluate_classification(
     if unknown:
         raise ValueError(f"labels {unknown} are not among the classes {classes}")
     prompts = prompts or classes
-    probs = []
+    probs, logits = [], []
     for start in tqdm(range(0, len(images), batch_size), disable=not progress, desc="classify"):
         res = segmenter.classify(images[start : start + batch_size], prompts, templates)
         probs.extend(r.probs for r in res)
+        logits.extend(r.logits for r in res)
     probs = np.stack(probs)
+    scores = ovr_log_odds(np.stack(logits))
     y = np.array([classes.index(lab) for lab in labels])
     return {
         "n": len(y),
         "classes": classes,
         "top1": top1_accuracy(probs, y),
         "balanced_accuracy": balanced_accuracy(probs, y),
-        "macro_auroc": macro_auroc(probs, y),
+        # ranked by log-odds: float32 probabilities saturate at 0/1 and would tie
+        "macro_auroc": macro_auroc(scores, y),
         "confusion": confusion_matrix(probs, y, len(classes)).tolist(),
         "probs": probs,
     }

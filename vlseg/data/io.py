@@ -611,3 +611,13 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def write_json(path: str | os.PathLike[str], data) -> Path:
+    """Write ``data`` as indented JSON atomically (temp file, fsync, rename)."""
+    import json
+
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+    return path
