@@ -37,6 +37,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import tempfile
 import time
@@ -80,6 +81,70 @@ def shift_dermoscopy(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     v = v * np.array([1.15, 0.92, 0.72]) + np.array([0.06, 0.0, -0.02])
     v = np.stack([ndimage.gaussian_filter(v[..., c], 1.5) for c in range(3)], axis=-1)
     return (np.clip(v, 0.0, 1.0) * 255).round().astype(np.uint8)
+
+
+# A new vocabulary: the German clinical terms of a German-speaking clinic, inside the same
+# English instructions ("segment the Leber"). Longest phrases first; whole words, any case.
+VOCAB = [
+    ("hepatic parenchyma", "Leberparenchym"), ("splenic parenchyma", "Milzparenchym"),
+    ("vertebral body", "Wirbelkörper"), ("lumbar vertebra", "Lendenwirbel"),
+    ("abdominal aorta", "Bauchaorta"), ("basal cell carcinoma", "Basalzellkarzinom"),
+    ("seborrheic keratosis", "seborrhoische Keratose"), ("malignant melanoma", "malignes Melanom"),
+    ("benign mole", "gutartiges Muttermal"), ("fibrous skin nodule", "fibröser Hautknoten"),
+    ("ink mark", "Tintenmarkierung"), ("pen marking", "Stiftmarkierung"),
+    ("purple marking", "violette Markierung"), ("skin lesion", "Hautläsion"),
+    ("liver lesions", "Leberläsionen"), ("liver lesion", "Leberläsion"),
+    ("liver tumours", "Lebertumoren"), ("liver tumour", "Lebertumor"),
+    ("hepatic lesions", "Leberherde"), ("hepatic lesion", "Leberherd"),
+    ("hepatic masses", "Leberraumforderungen"), ("hepatic mass", "Leberraumforderung"),
+    ("liver", "Leber"), ("spleen", "Milz"), ("kidneys", "Nieren"), ("kidney", "Niere"),
+    ("spine", "Wirbelsäule"), ("vertebra", "Wirbel"), ("aorta", "Hauptschlagader"),
+    ("cyst", "Zyste"), ("lesions", "Läsionen"), ("lesion", "Läsion"), ("spots", "Flecken"),
+    ("spot", "Fleck"), ("mole", "Muttermal"), ("melanoma", "Melanom"), ("nevus", "Nävus"),
+    ("naevus", "Naevus"), ("keratosis", "Keratose"), ("bcc", "BZK"),
+    ("dermatofibroma", "Dermatofibrom"), ("lobe", "Lappen"),
+]
+_VOCAB_RE = re.compile(
+    r"\b(" + "|".join(re.escape(en) for en, _ in VOCAB) + r")\b", re.IGNORECASE
+)
+_VOCAB_MAP = {en: de for en, de in VOCAB}
+
+
+def translate(text: str) -> str:
+    """Replace the English clinical terms of a prompt by their German ones."""
+    return _VOCAB_RE.sub(lambda m: _VOCAB_MAP[m.group(1).lower()], text)
+
+
+def make_vocab_shifted(source: Path, out: Path) -> Path:
+    """Copy a manifest dataset to ``out`` with every referring expression translated by
+    ``VOCAB``; images (hard-linked where possible), masks and captions are unchanged."""
+    if (out / "manifest.jsonl").is_file():
+        return out
+    records = read_manifest(source)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for sub in ("images", "masks"):
+            shutil.copytree(source / sub, tmp / sub, copy_function=_link_or_copy)
+        moved = []
+        for r in records:
+            r.prompts = [translate(t) for t in r.prompts]
+            r.image = tmp / r.image.relative_to(source)
+            r.mask = None if r.mask is None else tmp / r.mask.relative_to(source)
+            moved.append(r)
+        write_manifest(moved, tmp / "manifest.jsonl")
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def make_shifted(source: Path, out: Path) -> Path:
@@ -169,8 +234,26 @@ def base_checkpoint(model: str, work: Path, seed: int) -> Path:
     return path.resolve()
 
 
+def all_trainable_base(base: Path, work: Path) -> Path:
+    """The base checkpoint with both towers trainable (full fine-tuning of every parameter,
+    the frozen pretrained text tower included)."""
+    from vlseg.config import load_yaml, save_yaml
+
+    out = work / "base_all_trainable"
+    meta = load_yaml(base / "config.yaml")
+    meta["model"].update(vision_trainable="full", text_trainable="full")
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / WEIGHTS).is_file():
+        shutil.copy2(base / WEIGHTS, out / WEIGHTS)
+    save_yaml(meta, out / "config.yaml")
+    return out
+
+
 def full_finetune(args, base: Path, shifted: Path, shots: int, out: Path) -> dict:
-    """Fine-tune everything the model config lets train, on the same few-shot images."""
+    """Fine-tune on the same few-shot images: every parameter (``--full-scope all``) or what
+    the model config lets train (``config``)."""
+    if args.full_scope == "all":
+        base = all_trainable_base(base, Path(args.work))
     chosen = few_shot_records(shifted, "train", shots, args.seed)
     rest = [r for r in read_manifest(shifted) if r.split != "train"]
     subset = write_manifest(chosen + rest, shifted / f"fewshot_{shots}_seed{args.seed}.jsonl")
@@ -197,7 +280,7 @@ def full_finetune(args, base: Path, shifted: Path, shots: int, out: Path) -> dic
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r["sec_per_step"] for r in rows if r["kind"] == "train"][1:]  # first: loader start
     seg = vlseg.load(str(out / "best"))
-    trainable = sum(p.numel() for p in vlseg.load(str(base)).model.parameters() if p.requires_grad)
+    trainable = sum(p.numel() for p in resolve(str(base))[0].parameters() if p.requires_grad)
     return {
         "seg": seg,
         "trainable": trainable,
@@ -214,6 +297,9 @@ def _eval_every(n_records: int, args) -> int:
 
 def tune_one(args, method: str, base: Path, shifted: Path, shots: int, out: Path) -> dict:
     n_records = len(few_shot_records(shifted, "train", shots, args.seed))
+    extra = {}
+    if method == "lora" and args.lora_towers:
+        extra["lora_towers"] = args.lora_towers
     # the method's shipped config (configs/tune/<method>.yaml), then this study's settings
     cfg = load_tune_config(
         TUNE_CONFIGS / f"{method}.yaml",
@@ -232,6 +318,7 @@ def tune_one(args, method: str, base: Path, shifted: Path, shots: int, out: Path
         eval_every=_eval_every(n_records, args),
         seed=args.seed,
         resume=False,
+        **extra,
     )
     shutil.rmtree(out, ignore_errors=True)  # a fresh run, so the step time is measured
     tune(cfg)
@@ -280,6 +367,19 @@ def main(argv=None) -> int:
     )
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--no-full", action="store_true", help="skip the full fine-tuning reference")
+    p.add_argument(
+        "--shift", choices=["vocab", "scanner"], default="vocab",
+        help="target domain: new vocabulary (German clinical terms in the prompts) or another "
+        "scanner (image post-processing)",
+    )
+    p.add_argument(
+        "--full-scope", choices=["all", "config"], default="all",
+        help="full fine-tuning trains every parameter (all) or what the model config lets train",
+    )
+    p.add_argument(
+        "--lora-towers", nargs="+", choices=["text", "vision"], default=None,
+        help="override the LoRA config's towers (default: the config's)",
+    )
     p.add_argument("--steps", type=int, default=300, help="optimizer steps per run")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=None, help="learner lr (default: the config's)")
@@ -297,7 +397,10 @@ def main(argv=None) -> int:
     source = Path(args.data) if args.data else work / f"source_n{args.n}_s{args.seed}"
     if not args.data and not (source / "manifest.jsonl").is_file():
         write_dataset(source, args.n, seed=args.seed, size=args.size, n_heldout=0, progress=True)
-    shifted = make_shifted(source, work / f"{source.name}_shifted")
+    if args.shift == "vocab":
+        shifted = make_vocab_shifted(source, work / f"{source.name}_vocab")
+    else:
+        shifted = make_shifted(source, work / f"{source.name}_shifted")
     base = base_checkpoint(args.model, work, args.seed)
     seg = vlseg.load(str(base))
     base_params = sum(p.numel() for p in seg.model.parameters())

@@ -56,15 +56,20 @@ def save_checkpoint(
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, *, map_location: str = "cpu"):
-    """Load ``(model, cfg, meta)`` from a checkpoint directory."""
+def load_checkpoint(
+    path: str | os.PathLike, *, map_location: str = "cpu", overrides: dict | None = None
+):
+    """Load ``(model, cfg, meta)`` from a checkpoint directory; ``overrides`` changes model
+    config keys before building (only ones that add no weights, e.g. ``sentence_token``)."""
     path = Path(path)
     if not (path / WEIGHTS).is_file() or not (path / CONFIG).is_file():
         raise FileNotFoundError(
             f"{path} is not a vlseg checkpoint (expected {WEIGHTS} and {CONFIG} inside)"
         )
     meta = load_yaml(path / CONFIG)
-    cfg = from_dict(ModelConfig, meta["model"], where=f"{path / CONFIG}: model")
+    cfg = from_dict(
+        ModelConfig, {**meta["model"], **(overrides or {})}, where=f"{path / CONFIG}: model"
+    )
     model = build_model(cfg)
     state = load_file(str(path / WEIGHTS), device=map_location)
     missing, unexpected = model.load_state_dict(state, strict=False)

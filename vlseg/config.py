@@ -36,6 +36,7 @@ class ModelConfig:
     lora_targets: list[str] = field(
         default_factory=lambda: ["c_fc", "c_proj", "qkv", "query", "key", "value"]
     )
+    sentence_token: bool = False  # the sentence embedding is also a cross-attention key/value
     mean: list[float] | None = None  # preprocessing mean; None = the towers' own
     std: list[float] | None = None  # preprocessing std; None = the towers' own
 
@@ -72,6 +73,9 @@ class TrainConfig:
     log_every: int = 20  # steps between log lines
     resume: bool = True  # continue from out/last if it exists
     train_only: list[str] | None = None  # parameter-name prefixes to train; None = all trainable
+    word_dropout: float = 0.0  # training: drop each word from cross-attention with this prob.
+    sentence_only: float = 0.0  # training: drop all words of a prompt (sentence token remains)
+    model_overrides: dict | None = None  # ModelConfig keys changed on ``init`` (no new weights)
 
 
 def _field_names(cls) -> list[str]:

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import TrainConfig, save_yaml, to_dict
+from .config import ModelConfig, TrainConfig, from_dict, save_yaml, to_dict
 from .data.io import load_mask
 from .data.manifest import ManifestDataset, collate
 from .losses import clip_loss, mask_loss
@@ -183,10 +183,13 @@ def train(cfg: TrainConfig) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         save_yaml(to_dict(cfg), out / "train_config.yaml")
     if cfg.init:
-        model, mcfg, _ = load_checkpoint(cfg.init)
+        model, mcfg, _ = load_checkpoint(cfg.init, overrides=cfg.model_overrides)
     else:
         mcfg = model_config(cfg.model)
+        if cfg.model_overrides:
+            mcfg = from_dict(ModelConfig, {**to_dict(mcfg), **cfg.model_overrides})
         model = build_model(mcfg)
+    model.word_dropout, model.sentence_only = cfg.word_dropout, cfg.sentence_only
     model.to(device)
     ds, val_ds = make_datasets(cfg, model, mcfg.image_size)
 

@@ -95,4 +95,5 @@ def build_model(cfg: ModelConfig) -> VLSegModel:
         dim=cfg.decoder_dim,
         kernel_sizes=list(cfg.kernel_sizes),
         num_heads=cfg.num_heads,
+        sentence_token=cfg.sentence_token,
     )

@@ -89,3 +89,39 @@ def test_unknown_config_keys_list_valid_ones():
         model_config("nope")
     with pytest.raises(ValueError, match="trainable mode 'half'"):
         build_model(dataclasses.replace(model_config("tiny-test"), vision_trainable="half"))
+
+
+def test_sentence_token_and_word_dropout():
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(model_config("tiny-test"), sentence_token=True)
+    model = build_model(cfg)
+    n_plain = sum(p.numel() for p in build_model(model_config("tiny-test")).parameters())
+    assert sum(p.numel() for p in model.parameters()) == n_plain  # no new weights
+    _step(model, 64)
+    mask = torch.ones(4, 6, dtype=torch.bool)
+    mask[:, 4:] = False
+    model.word_dropout, model.sentence_only = 0.0, 1.0
+    assert not model._drop_words(mask).any()  # only the sentence token is left
+    model.sentence_token, model.word_dropout, model.sentence_only = False, 1.0, 0.0
+    kept = model._drop_words(mask)
+    assert kept.sum(1).tolist() == [1, 1, 1, 1] and not (kept & ~mask).any()
+    # eval mode never drops words: outputs are deterministic
+    model.sentence_token, model.word_dropout = True, 0.5
+    model.eval()
+    images = torch.randn(1, 3, 64, 64)
+    tok = model.text.tokenize(["segment the liver"])
+    with torch.no_grad():
+        a = model(images, tok["ids"], tok["mask"])["logits"]
+        b = model(images, tok["ids"], tok["mask"])["logits"]
+    assert torch.equal(a, b)
+
+
+def test_checkpoint_overrides_switch_on_the_sentence_token(tmp_path):
+    from vlseg.checkpoint import load_checkpoint, save_checkpoint
+
+    cfg = model_config("tiny-test")
+    save_checkpoint(build_model(cfg), cfg, tmp_path / "ck")
+    model, cfg2, _ = load_checkpoint(tmp_path / "ck", overrides={"sentence_token": True})
+    assert cfg2.sentence_token and model.sentence_token
+    with pytest.raises(ValueError, match="valid"):
+        load_checkpoint(tmp_path / "ck", overrides={"sentence_tokn": True})

@@ -18,6 +18,7 @@ build offline (random weights, or a downloaded weight file via ``pretrained``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -126,6 +127,28 @@ def _make_tokenizer(text_cfg: dict[str, Any]) -> tuple[Any, int]:
     return tok, context_length
 
 
+@contextlib.contextmanager
+def _quiet_loading():
+    """Silence the expected load reports while building towers from an inline config: the HF
+    text model's unused pooler weights and "initialized partially" (the rest of the weights come
+    from the vlseg checkpoint afterwards). Real errors still raise."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        hf_logging = None
+    bars = hf_logging is not None and hf_logging.is_progress_bar_enabled()
+    if bars:
+        hf_logging.disable_progress_bar()
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def _create_from_config(
     cfg: dict[str, Any],
     preprocess: dict[str, Any],
@@ -142,12 +165,13 @@ def _create_from_config(
         (Path(tmp) / "open_clip_config.json").write_text(
             json.dumps({"model_cfg": cfg, "preprocess_cfg": preprocess})
         )
-        model = open_clip.create_model(
-            f"local-dir:{tmp}",
-            pretrained_text=hf_pretrained,
-            pretrained_image=timm_pretrained and pretrained is None,
-            force_image_size=image_size,
-        )
+        with _quiet_loading():
+            model = open_clip.create_model(
+                f"local-dir:{tmp}",
+                pretrained_text=hf_pretrained,
+                pretrained_image=timm_pretrained and pretrained is None,
+                force_image_size=image_size,
+            )
     if pretrained is not None:
         if not Path(pretrained).is_file():
             raise FileNotFoundError(

@@ -52,8 +52,14 @@ class VLSegModel(nn.Module):
         dim: fusion/decoder width.
         kernel_sizes: multi-kernel context sizes.
         num_heads: cross-attention heads.
+        sentence_token: also offer the sentence embedding to cross-attention as a key/value
+            token, so that a prompt whose words are unfamiliar can still be grounded through
+            the text tower's sentence-level semantics.
 
     Attributes:
+        word_dropout, sentence_only: training-time regularisers (set by the engine): the
+            probability of hiding each word from cross-attention, and of hiding all of a
+            prompt's words (only with ``sentence_token``).
         prompter: an optional prompt learner (``prompts.PromptLearner``: CoOp, CoCoOp, VPT,
             MaPLe), None by default. Attached with ``attach_prompter``; its parameters then
             appear under ``prompter.`` in the state dict (the base keys never change).
@@ -68,8 +74,12 @@ class VLSegModel(nn.Module):
         dim: int,
         kernel_sizes: list[int],
         num_heads: int,
+        sentence_token: bool = False,
     ):
         super().__init__()
+        self.sentence_token = sentence_token
+        self.word_dropout = 0.0
+        self.sentence_only = 0.0
         self.vision = vision
         self.text = text
         self.logit_scale = logit_scale
@@ -137,6 +147,11 @@ class VLSegModel(nn.Module):
         words = self.word_proj(text.words)
         sentence = self.sent_proj(text.embedding)
         mask = text.mask.bool()
+        if self.training and (self.word_dropout > 0 or self.sentence_only > 0):
+            mask = self._drop_words(mask)
+        if self.sentence_token:
+            words = torch.cat([sentence[:, None], words], dim=1)
+            mask = torch.cat([mask.new_ones(b, 1), mask], dim=1)
         prepared = image.prepared or [None] * len(image.maps)
         fused = [
             blk(m, words, mask, sentence, prep)
@@ -145,6 +160,17 @@ class VLSegModel(nn.Module):
         node, logits = self.decoder(fused)
         presence = self.presence(node, logits[0], sentence)
         return {"logits": logits[0], "aux": logits[1:], "presence": presence}
+
+    def _drop_words(self, mask: torch.Tensor) -> torch.Tensor:
+        keep = torch.rand(mask.shape, device=mask.device) >= self.word_dropout
+        if self.sentence_token and self.sentence_only > 0:
+            keep &= torch.rand(mask.shape[0], 1, device=mask.device) >= self.sentence_only
+        out = mask & keep
+        if not self.sentence_token:  # every prompt keeps at least its first real token
+            first = torch.zeros_like(mask)
+            first[torch.arange(mask.shape[0]), mask.int().argmax(1)] = True
+            out |= first & mask
+        return out
 
     def forward(
         self,
