@@ -29,8 +29,10 @@ def main() -> None:
     images, labels = image_labels(args.data, args.split, "ct")
     scores = np.array([seg.segment(path, args.text).score for path in images])
     y = np.array([lab == "hepatic lesion" for lab in labels])
-    print(f"n={len(y)} (lesion {int(y.sum())}), presence AUROC for {args.text!r}: "
-          f"{binary_auroc(scores, y):.4f}")
+    print(
+        f"n={len(y)} (lesion {int(y.sum())}), presence AUROC for {args.text!r}: "
+        f"{binary_auroc(scores, y):.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ from scipy import ndimage  # noqa: E402
 import vlseg  # noqa: E402
 from vlseg.checkpoint import WEIGHTS, resolve, save_checkpoint  # noqa: E402
 from vlseg.config import TrainConfig  # noqa: E402
+from vlseg.data.io import write_json  # noqa: E402
 from vlseg.data.manifest import ManifestDataset, read_manifest, write_manifest  # noqa: E402
 from vlseg.data.phantoms import write_dataset  # noqa: E402
 from vlseg.engine import evaluate, train  # noqa: E402
@@ -86,27 +87,50 @@ def shift_dermoscopy(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 # A new vocabulary: the German clinical terms of a German-speaking clinic, inside the same
 # English instructions ("segment the Leber"). Longest phrases first; whole words, any case.
 VOCAB = [
-    ("hepatic parenchyma", "Leberparenchym"), ("splenic parenchyma", "Milzparenchym"),
-    ("vertebral body", "Wirbelkörper"), ("lumbar vertebra", "Lendenwirbel"),
-    ("abdominal aorta", "Bauchaorta"), ("basal cell carcinoma", "Basalzellkarzinom"),
-    ("seborrheic keratosis", "seborrhoische Keratose"), ("malignant melanoma", "malignes Melanom"),
-    ("benign mole", "gutartiges Muttermal"), ("fibrous skin nodule", "fibröser Hautknoten"),
-    ("ink mark", "Tintenmarkierung"), ("pen marking", "Stiftmarkierung"),
-    ("purple marking", "violette Markierung"), ("skin lesion", "Hautläsion"),
-    ("liver lesions", "Leberläsionen"), ("liver lesion", "Leberläsion"),
-    ("liver tumours", "Lebertumoren"), ("liver tumour", "Lebertumor"),
-    ("hepatic lesions", "Leberherde"), ("hepatic lesion", "Leberherd"),
-    ("hepatic masses", "Leberraumforderungen"), ("hepatic mass", "Leberraumforderung"),
-    ("liver", "Leber"), ("spleen", "Milz"), ("kidneys", "Nieren"), ("kidney", "Niere"),
-    ("spine", "Wirbelsäule"), ("vertebra", "Wirbel"), ("aorta", "Hauptschlagader"),
-    ("cyst", "Zyste"), ("lesions", "Läsionen"), ("lesion", "Läsion"), ("spots", "Flecken"),
-    ("spot", "Fleck"), ("mole", "Muttermal"), ("melanoma", "Melanom"), ("nevus", "Nävus"),
-    ("naevus", "Naevus"), ("keratosis", "Keratose"), ("bcc", "BZK"),
-    ("dermatofibroma", "Dermatofibrom"), ("lobe", "Lappen"),
+    ("hepatic parenchyma", "Leberparenchym"),
+    ("splenic parenchyma", "Milzparenchym"),
+    ("vertebral body", "Wirbelkörper"),
+    ("lumbar vertebra", "Lendenwirbel"),
+    ("abdominal aorta", "Bauchaorta"),
+    ("basal cell carcinoma", "Basalzellkarzinom"),
+    ("seborrheic keratosis", "seborrhoische Keratose"),
+    ("malignant melanoma", "malignes Melanom"),
+    ("benign mole", "gutartiges Muttermal"),
+    ("fibrous skin nodule", "fibröser Hautknoten"),
+    ("ink mark", "Tintenmarkierung"),
+    ("pen marking", "Stiftmarkierung"),
+    ("purple marking", "violette Markierung"),
+    ("skin lesion", "Hautläsion"),
+    ("liver lesions", "Leberläsionen"),
+    ("liver lesion", "Leberläsion"),
+    ("liver tumours", "Lebertumoren"),
+    ("liver tumour", "Lebertumor"),
+    ("hepatic lesions", "Leberherde"),
+    ("hepatic lesion", "Leberherd"),
+    ("hepatic masses", "Leberraumforderungen"),
+    ("hepatic mass", "Leberraumforderung"),
+    ("liver", "Leber"),
+    ("spleen", "Milz"),
+    ("kidneys", "Nieren"),
+    ("kidney", "Niere"),
+    ("spine", "Wirbelsäule"),
+    ("vertebra", "Wirbel"),
+    ("aorta", "Hauptschlagader"),
+    ("cyst", "Zyste"),
+    ("lesions", "Läsionen"),
+    ("lesion", "Läsion"),
+    ("spots", "Flecken"),
+    ("spot", "Fleck"),
+    ("mole", "Muttermal"),
+    ("melanoma", "Melanom"),
+    ("nevus", "Nävus"),
+    ("naevus", "Naevus"),
+    ("keratosis", "Keratose"),
+    ("bcc", "BZK"),
+    ("dermatofibroma", "Dermatofibrom"),
+    ("lobe", "Lappen"),
 ]
-_VOCAB_RE = re.compile(
-    r"\b(" + "|".join(re.escape(en) for en, _ in VOCAB) + r")\b", re.IGNORECASE
-)
+_VOCAB_RE = re.compile(r"\b(" + "|".join(re.escape(en) for en, _ in VOCAB) + r")\b", re.IGNORECASE)
 _VOCAB_MAP = {en: de for en, de in VOCAB}
 
 
@@ -278,7 +302,9 @@ def full_finetune(args, base: Path, shifted: Path, shots: int, out: Path) -> dic
     train(cfg)
     wall = time.time() - t0
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    steps = [r["sec_per_step"] for r in rows if r["kind"] == "train"][1:]  # first: loader start
+    train_rows = [r for r in rows if r["kind"] == "train"][1:]  # first: loader start
+    steps = [r["sec_per_step"] for r in train_rows]
+    compute = [r["compute_sec_per_step"] for r in train_rows if r.get("compute_sec_per_step")]
     seg = vlseg.load(str(out / "best"))
     trainable = sum(p.numel() for p in resolve(str(base))[0].parameters() if p.requires_grad)
     return {
@@ -286,6 +312,7 @@ def full_finetune(args, base: Path, shifted: Path, shots: int, out: Path) -> dic
         "trainable": trainable,
         "bytes": (out / "best" / WEIGHTS).stat().st_size,
         "sec_per_step": float(np.median(steps)) if steps else wall / max(1, args.steps),
+        "compute_sec_per_step": float(np.median(compute)) if compute else float("nan"),
     }
 
 
@@ -329,6 +356,7 @@ def tune_one(args, method: str, base: Path, shifted: Path, shots: int, out: Path
         "trainable": report["params"]["trainable"],
         "bytes": report["adapter_bytes"],
         "sec_per_step": report["sec_per_step"],
+        "compute_sec_per_step": report["compute_sec_per_step"],
         "dice": report["results"]["dice"],  # the best adapter on the shifted test split
     }
 
@@ -340,16 +368,23 @@ def _fmt_bytes(n: int) -> str:
 
 def markdown(rows: list[dict], before: dict, base_params: int) -> str:
     head = (
-        "| method | shots | trainable params | % of model | adapter | s/step | Dice before | "
-        "Dice after | zero-shot before | zero-shot after |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| method | shots | trainable params | % of model | adapter | s/step | compute s/step | "
+        "x full FT | Dice before | Dice after | gap recovered | zero-shot before | "
+        "zero-shot after |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     lines = [head]
+    full = {r["shots"]: r for r in rows if r["method"] == "full fine-tuning"}
     for r in rows:
+        ref = full.get(r["shots"])
+        ratio = r["compute_sec_per_step"] / ref["compute_sec_per_step"] if ref else float("nan")
+        gap = (ref["dice"] - before["dice"]) if ref else float("nan")
+        recovered = (r["dice"] - before["dice"]) / gap if gap and gap > 0 else float("nan")
         lines.append(
             f"| {r['method']} | {r['shots']} | {r['trainable']:,} | "
             f"{100 * r['trainable'] / base_params:.3f} | {_fmt_bytes(r['bytes'])} | "
-            f"{r['sec_per_step']:.3f} | {before['dice']:.4f} | {r['dice']:.4f} | "
+            f"{r['sec_per_step']:.3f} | {r['compute_sec_per_step']:.3f} | {ratio:.2f} | "
+            f"{before['dice']:.4f} | {r['dice']:.4f} | {recovered:.0%} | "
             f"{before['zero_shot']['mean']:.3f} | {r['zero_shot']['mean']:.3f} |"
         )
     return "\n".join(lines)
@@ -368,16 +403,23 @@ def main(argv=None) -> int:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--no-full", action="store_true", help="skip the full fine-tuning reference")
     p.add_argument(
-        "--shift", choices=["vocab", "scanner"], default="vocab",
+        "--shift",
+        choices=["vocab", "scanner"],
+        default="vocab",
         help="target domain: new vocabulary (German clinical terms in the prompts) or another "
         "scanner (image post-processing)",
     )
     p.add_argument(
-        "--full-scope", choices=["all", "config"], default="all",
+        "--full-scope",
+        choices=["all", "config"],
+        default="all",
         help="full fine-tuning trains every parameter (all) or what the model config lets train",
     )
     p.add_argument(
-        "--lora-towers", nargs="+", choices=["text", "vision"], default=None,
+        "--lora-towers",
+        nargs="+",
+        choices=["text", "vision"],
+        default=None,
         help="override the LoRA config's towers (default: the config's)",
     )
     p.add_argument("--steps", type=int, default=300, help="optimizer steps per run")
@@ -445,7 +487,7 @@ def main(argv=None) -> int:
     }
     out = Path(args.json) if args.json else work / "results.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out, result)
     print(f"wrote {out}")
     return 0
 

@@ -266,7 +266,8 @@ def fit(
 
     Returns:
         {"steps": optimizer steps done, "best": best validation Dice, "sec_per_step": median
-        wall time of an optimizer step in this call (NaN with fewer than two steps an epoch)}.
+        wall time of an optimizer step in this call (NaN with fewer than two steps an epoch),
+        "compute_sec_per_step": the same without the time spent waiting for data}.
     """
     device = device or torch.device("cpu")
     out = Path(cfg.out)
@@ -304,6 +305,8 @@ def fit(
     use_amp = cfg.amp and device.type == "cuda"
     metrics_path = out / "metrics.jsonl"
     step_times: list[float] = []  # between optimizer steps, first step of an epoch excluded
+    compute_times: list[float] = []  # the same without waiting for the data loader
+    compute = 0.0
     for epoch in range(start_epoch, cfg.epochs):
         if step >= total:
             break
@@ -325,10 +328,12 @@ def fit(
         t0 = t_prev = time.time()
         first_in_epoch = True
         for micro, batch in enumerate(bar):
+            t_in = time.time()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss, parts = compute_loss(ddp, model, batch, _captions(ds, batch), cfg, device)
             (loss / cfg.grad_accum).backward()
             if (micro + 1) % cfg.grad_accum:
+                compute += time.time() - t_in
                 continue
             for g in optimizer.param_groups:
                 g["lr"] = g["base_lr"] * _lr_factor(step, cfg.warmup_steps, total)
@@ -337,8 +342,11 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             step += 1
             now = time.time()
+            compute += now - t_in
             if not first_in_epoch:  # the first one also pays for starting the loader
                 step_times.append(now - t_prev)
+                compute_times.append(compute)
+            compute = 0.0
             t_prev, first_in_epoch = now, False
             bar.set_postfix(loss=f"{parts['loss']:.3f}", mask=f"{parts['mask']:.3f}")
             if rank == 0 and step % cfg.log_every == 0:
@@ -348,6 +356,9 @@ def fit(
                     "epoch": epoch,
                     "lr": optimizer.param_groups[0]["lr"],
                     "sec_per_step": (time.time() - t0) / cfg.log_every,
+                    "compute_sec_per_step": float(np.median(compute_times[-cfg.log_every :]))
+                    if compute_times
+                    else None,
                     **parts,
                 }
                 t0 = time.time()
@@ -385,7 +396,8 @@ def fit(
         if world > 1:
             dist.barrier()
     sec = float(np.median(step_times)) if step_times else float("nan")
-    return {"steps": step, "best": best, "sec_per_step": sec}
+    comp = float(np.median(compute_times)) if compute_times else float("nan")
+    return {"steps": step, "best": best, "sec_per_step": sec, "compute_sec_per_step": comp}
 
 
 @torch.no_grad()

@@ -9,7 +9,6 @@ time. Use an adapter with ``vlseg.load(base, adapter="runs/tune/best")`` or ``--
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from .config import (
     save_yaml,
     to_dict,
 )
+from .data.io import write_json
 from .data.manifest import ManifestDataset, Record, read_manifest
 from .engine import _dist_setup, evaluate, fit, make_datasets
 
@@ -272,7 +272,7 @@ def tune(cfg: TuneConfig) -> Path:
             **summary,
             **info,
         }
-        (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_json(out / "eval.json", report)
         print(
             f"{cfg.eval_split}: dice {res['dice']:.4f} mIoU {res['mIoU']:.4f} presence AUROC "
             f"{res['presence_auroc']:.4f} (best adapter; {out / 'eval.json'})"

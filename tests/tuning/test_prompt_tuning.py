@@ -107,7 +107,8 @@ def test_default_outputs_and_keys_match_pre_hook_reference(which):
     ref = load_file(str(ref_path))
     new = reference.reference_outputs(which)
     for k in ref:
-        assert torch.equal(ref[k], new[k]), k
+        # equal up to float reassociation (conv/matmul kernels differ with the thread count)
+        torch.testing.assert_close(new[k], ref[k], rtol=1e-5, atol=1e-5, msg=k)
 
 
 def test_detached_learner_restores_default_outputs():

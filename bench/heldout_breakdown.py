@@ -1,0 +1,79 @@
+"""Where a model fails on a split: Dice (presence-gated, positives only) per target and per
+noun phrase, as ``vlseg eval`` computes it at the original resolution.
+
+    python bench/heldout_breakdown.py --model phantom-tiny --data data/phantoms \
+        --split test_heldout --json runs/bench/heldout_breakdown.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections import defaultdict
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import vlseg  # noqa: E402
+from vlseg.data.io import load_mask, write_json  # noqa: E402
+from vlseg.data.manifest import ManifestDataset, collate  # noqa: E402
+from vlseg.engine import predict_batch  # noqa: E402
+
+
+def breakdown(seg, data: str, split: str, threshold: float = 0.5) -> dict:
+    vis = seg.model.vision
+    ds = ManifestDataset(
+        data, split, image_size=seg.image_size, mean=vis.mean, std=vis.std, prompt="all"
+    )
+    by_target, by_text = defaultdict(list), defaultdict(list)
+    with torch.no_grad():
+        for start in tqdm(range(0, len(ds), 16), desc=split):
+            batch = collate([ds[i] for i in range(start, min(start + 16, len(ds)))])
+            pred = predict_batch(seg.model, batch["image"], batch["text"], seg.device)
+            for j, text in enumerate(batch["text"]):
+                if batch["positive"][j] < 0.5:
+                    continue
+                rec = ds.record_for(batch["index"][j])
+                probs = (
+                    F.interpolate(
+                        pred["probs"][j : j + 1], size=tuple(batch["orig_size"][j]), mode="bilinear"
+                    )[0, 0]
+                    .cpu()
+                    .numpy()
+                )
+                mask = (probs > threshold) & (float(pred["presence"][j]) > threshold)
+                target = load_mask(rec.mask)
+                dice = 2 * (mask & target).sum() / max(mask.sum() + target.sum(), 1)
+                by_target[rec.target or "?"].append(float(dice))
+                by_text[text].append(float(dice))
+    summary = {k: {"n": len(v), "dice": float(np.mean(v))} for k, v in sorted(by_target.items())}
+    texts = {k: {"n": len(v), "dice": float(np.mean(v))} for k, v in sorted(by_text.items())}
+    all_d = [d for v in by_target.values() for d in v]
+    return {"dice": float(np.mean(all_d)), "n": len(all_d), "targets": summary, "texts": texts}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=None)
+    p.add_argument("--data", default="data/phantoms")
+    p.add_argument("--split", default="test_heldout")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    res = breakdown(vlseg.load(args.model), args.data, args.split)
+    print(f"{args.split}: Dice {res['dice']:.3f} over {res['n']} positive expressions")
+    for k, v in res["targets"].items():
+        print(f"  {k:24s} n={v['n']:4d}  Dice {v['dice']:.3f}")
+    if args.json:
+        write_json(args.json, res)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
