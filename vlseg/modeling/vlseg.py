@@ -181,37 +181,22 @@ class VLSegModel(nn.Module):
         caption_mask: torch.Tensor | None = None,
     ) -> dict:
         """Full pass. Also returns the CLIP embeddings for the contrastive term; captions, when
-        given, are encoded in the same pass (``caption_embedding``) so DDP sees one forward."""
+        given, are encoded in the same forward (``caption_embedding``)."""
         img = self.encode_image(images)
-        b = ids.shape[0]
+        txt = self.encode_text(ids, mask, img.embedding)
+        # Captions get their own text-tower call, so the short prompts are not padded to the
+        # captions' length (a parameter used twice is one gradient for DDP: autograd sums the
+        # uses before the gradient is ready).
+        cap = None
         if caption_ids is not None:
-            # One text-tower call for prompts and captions: DDP allows each parameter to be
-            # used once per forward. Padding columns are masked out, so results are unchanged.
-            t = max(ids.shape[1], caption_ids.shape[1])
-            ids = torch.cat(
-                [
-                    F.pad(ids, (0, t - ids.shape[1])),
-                    F.pad(caption_ids, (0, t - caption_ids.shape[1])),
-                ]
-            )
-            mask = torch.cat(
-                [
-                    F.pad(mask, (0, t - mask.shape[1])),
-                    F.pad(caption_mask, (0, t - caption_mask.shape[1])),
-                ]
-            )
-            emb = img.embedding.repeat(2, 1)
-        else:
-            emb = img.embedding
-        both = self.encode_text(ids, mask, emb)
-        txt = TextFeatures(both.words[:b], both.mask[:b], both.embedding[:b])
+            cap = self.encode_text(caption_ids, caption_mask, img.embedding)
         out = self.decode(img, txt)
         out["image_embedding"] = img.embedding
         out["text_embedding"] = txt.embedding
         # Read the temperature inside forward so DDP sees the parameter used exactly once.
         out["logit_scale"] = self.logit_scale * 1.0
-        if caption_ids is not None:
-            out["caption_embedding"] = both.embedding[b:]
+        if cap is not None:
+            out["caption_embedding"] = cap.embedding
         return out
 
 
