@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
-import json
 import os
 import socket
 import sys
@@ -35,6 +34,7 @@ from PIL import Image  # noqa: E402
 
 import vlseg  # noqa: E402
 from app import CONCURRENCY_LIMIT, serve  # noqa: E402
+from vlseg.data.io import write_json  # noqa: E402
 from vlseg.data.phantoms import generate_sample  # noqa: E402
 
 FIRST_TEXT, FIRST_TARGET = "segment the hepatic lesion", "the hepatic lesion"
@@ -130,15 +130,6 @@ def bench_load(make_client, path, clients: int, turns: int) -> tuple[list, list,
     firsts = [ms for f, _ in results for ms in f]
     follows = [ms for _, fu in results for ms in fu]
     return firsts, follows, wall
-
-
-def write_json(path: str, data: dict) -> None:
-    """Write ``data`` atomically (vlseg's temp-file + fsync + rename helper)."""
-    from vlseg.data.io import atomic_write
-
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2))
 
 
 def main(argv: list[str] | None = None) -> dict:

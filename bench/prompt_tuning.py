@@ -39,7 +39,6 @@ import os
 import platform
 import re
 import shutil
-import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -52,9 +51,9 @@ from PIL import Image  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 import vlseg  # noqa: E402
-from vlseg.checkpoint import WEIGHTS, resolve, save_checkpoint  # noqa: E402
+from vlseg.checkpoint import WEIGHTS, load_checkpoint, resolve, save_checkpoint  # noqa: E402
 from vlseg.config import TrainConfig  # noqa: E402
-from vlseg.data.io import write_json  # noqa: E402
+from vlseg.data.io import atomic_directory, write_json  # noqa: E402
 from vlseg.data.manifest import ManifestDataset, read_manifest, write_manifest  # noqa: E402
 from vlseg.data.phantoms import write_dataset  # noqa: E402
 from vlseg.engine import evaluate, train  # noqa: E402
@@ -62,6 +61,8 @@ from vlseg.tuning import few_shot_records, load_tune_config, tune  # noqa: E402
 from vlseg.zeroshot import evaluate_classification, image_labels  # noqa: E402
 
 METHODS = ("coop", "cocoop", "vpt", "maple", "lora")
+# --full-scope: model config changes for full fine-tuning (every parameter, or the config's own)
+FULL_SCOPE = {"all": {"vision_trainable": "full", "text_trainable": "full"}, "config": None}
 TUNE_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "tune"
 # modality -> (label set, template set) for zero-shot accuracy
 ZERO_SHOT = {"ct": ("phantom-ct", "ct"), "dermoscopy": ("phantom-dermoscopy", "dermoscopy")}
@@ -145,22 +146,14 @@ def make_vocab_shifted(source: Path, out: Path) -> Path:
     if (out / "manifest.jsonl").is_file():
         return out
     records = read_manifest(source)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         for sub in ("images", "masks"):
             shutil.copytree(source / sub, tmp / sub, copy_function=_link_or_copy)
-        moved = []
         for r in records:
             r.prompts = [translate(t) for t in r.prompts]
             r.image = tmp / r.image.relative_to(source)
             r.mask = None if r.mask is None else tmp / r.mask.relative_to(source)
-            moved.append(r)
-        write_manifest(moved, tmp / "manifest.jsonl")
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_manifest(records, tmp / "manifest.jsonl")
     return out
 
 
@@ -178,9 +171,7 @@ def make_shifted(source: Path, out: Path) -> Path:
         return out
     records = read_manifest(source)
     modality = {r.image: r.modality for r in records}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         for name in ("manifest.jsonl", "dataset.json"):
             if (source / name).is_file():
                 shutil.copy2(source / name, tmp / name)
@@ -198,10 +189,6 @@ def make_shifted(source: Path, out: Path) -> Path:
                     arr[..., :3] if arr.ndim == 3 else np.stack([arr] * 3, -1), rng
                 )
             Image.fromarray(arr).save(dst)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -258,26 +245,10 @@ def base_checkpoint(model: str, work: Path, seed: int) -> Path:
     return path.resolve()
 
 
-def all_trainable_base(base: Path, work: Path) -> Path:
-    """The base checkpoint with both towers trainable (full fine-tuning of every parameter,
-    the frozen pretrained text tower included)."""
-    from vlseg.config import load_yaml, save_yaml
-
-    out = work / "base_all_trainable"
-    meta = load_yaml(base / "config.yaml")
-    meta["model"].update(vision_trainable="full", text_trainable="full")
-    out.mkdir(parents=True, exist_ok=True)
-    if not (out / WEIGHTS).is_file():
-        shutil.copy2(base / WEIGHTS, out / WEIGHTS)
-    save_yaml(meta, out / "config.yaml")
-    return out
-
-
 def full_finetune(args, base: Path, shifted: Path, shots: int, out: Path) -> dict:
     """Fine-tune on the same few-shot images: every parameter (``--full-scope all``) or what
     the model config lets train (``config``)."""
-    if args.full_scope == "all":
-        base = all_trainable_base(base, Path(args.work))
+    overrides = FULL_SCOPE[args.full_scope]
     chosen = few_shot_records(shifted, "train", shots, args.seed)
     rest = [r for r in read_manifest(shifted) if r.split != "train"]
     subset = write_manifest(chosen + rest, shifted / f"fewshot_{shots}_seed{args.seed}.jsonl")
@@ -296,6 +267,7 @@ def full_finetune(args, base: Path, shifted: Path, shots: int, out: Path) -> dic
         eval_every=_eval_every(len(chosen), args),
         log_every=1,
         seed=args.seed,
+        model_overrides=overrides,
     )
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.time()
@@ -306,7 +278,8 @@ def full_finetune(args, base: Path, shifted: Path, shots: int, out: Path) -> dic
     steps = [r["sec_per_step"] for r in train_rows]
     compute = [r["compute_sec_per_step"] for r in train_rows if r.get("compute_sec_per_step")]
     seg = vlseg.load(str(out / "best"))
-    trainable = sum(p.numel() for p in resolve(str(base))[0].parameters() if p.requires_grad)
+    tuned = load_checkpoint(base, overrides=overrides)[0]
+    trainable = sum(p.numel() for p in tuned.parameters() if p.requires_grad)
     return {
         "seg": seg,
         "trainable": trainable,

@@ -12,12 +12,10 @@ while the ``Segmenter`` rows (the user-facing API) include tokenization and post
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may be downloaded
 
@@ -32,6 +30,7 @@ from transformers import (  # noqa: E402
 )
 
 from vlseg.checkpoint import resolve  # noqa: E402
+from vlseg.data.io import write_json  # noqa: E402
 from vlseg.predictor import Segmenter  # noqa: E402
 from vlseg.registry import build_model, model_config  # noqa: E402
 
@@ -131,15 +130,6 @@ def bench_phantom(a) -> dict[str, float]:
     out["phantom_random_init"] = bool(meta.get("random_init", False))
     out["phantom_image_size"] = cfg.image_size
     return out
-
-
-def write_json(path: str, data: dict) -> None:
-    """Write ``data`` atomically (vlseg's temp-file + fsync + rename helper)."""
-    from vlseg.data.io import atomic_write
-
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2))
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -22,15 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from tqdm import tqdm
 
-from .checkpoint import WEIGHTS, external_prefixes, load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, resolve, save_checkpoint
 from .config import load_yaml, save_yaml, to_dict
 from .data.io import load_image, write_json
 from .data.manifest import read_manifest
 from .losses import clip_loss
-from .registry import build_model, model_config
+from .registry import model_config
 
 HEAD = "vision.visual.head."
 
@@ -62,25 +61,10 @@ def _build(cfg: AlignConfig):
     if cfg.init is None:
         if cfg.model is None:
             raise ValueError("set init (a checkpoint dir) or model (a registered name)")
-        from .checkpoint import resolve
-
         model, mcfg, _ = resolve(cfg.model)
         return model, mcfg
-    if cfg.model is None:
-        model, mcfg, _ = load_checkpoint(cfg.init)
-        return model, mcfg
-    mcfg = model_config(cfg.model)
-    model = build_model(mcfg)
-    state = load_file(str(Path(cfg.init) / WEIGHTS))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    ext = external_prefixes(mcfg)
-    bad = [k for k in missing if not k.startswith(HEAD) and not any(k.startswith(p) for p in ext)]
-    bad += [k for k in unexpected if not k.startswith(HEAD)]
-    if bad:
-        raise ValueError(
-            f"{cfg.init} does not fit model {cfg.model!r} outside the image head: {bad[:5]}; "
-            "align may only change the vision tower's head"
-        )
+    overrides = None if cfg.model is None else to_dict(model_config(cfg.model))
+    model, mcfg, _ = load_checkpoint(cfg.init, overrides=overrides, rebuild=(HEAD,))
     return model, mcfg
 
 

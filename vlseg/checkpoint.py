@@ -57,10 +57,20 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    path: str | os.PathLike, *, map_location: str = "cpu", overrides: dict | None = None
+    path: str | os.PathLike,
+    *,
+    map_location: str = "cpu",
+    overrides: dict | None = None,
+    rebuild: tuple[str, ...] = (),
 ):
-    """Load ``(model, cfg, meta)`` from a checkpoint directory; ``overrides`` changes model
-    config keys before building (only ones that add no weights, e.g. ``sentence_token``)."""
+    """Load ``(model, cfg, meta)`` from a checkpoint directory.
+
+    Args:
+        overrides: model config keys changed before building (e.g. ``sentence_token``).
+        rebuild: key prefixes whose weights may be absent from, or differ in name from, the
+            checkpoint (a part whose architecture ``overrides`` changes; it keeps its fresh
+            initialisation). Any other mismatch is an error.
+    """
     path = Path(path)
     if not (path / WEIGHTS).is_file() or not (path / CONFIG).is_file():
         raise FileNotFoundError(
@@ -74,7 +84,8 @@ def load_checkpoint(
     state = load_file(str(path / WEIGHTS), device=map_location)
     missing, unexpected = model.load_state_dict(state, strict=False)
     external = meta.get("external", [])
-    missing = [k for k in missing if not any(k.startswith(p) for p in external)]
+    missing = [k for k in missing if not any(k.startswith(p) for p in (*external, *rebuild))]
+    unexpected = [k for k in unexpected if not any(k.startswith(p) for p in rebuild)]
     if missing or unexpected:
         raise ValueError(
             f"{path}: weights do not match the config: missing {missing[:5]}, "

@@ -76,7 +76,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-
+    from vlseg.data.io import write_json
     from vlseg.data.manifest import ManifestDataset
     from vlseg.engine import evaluate
     from vlseg.predictor import load
@@ -103,9 +103,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             f"(n={int(r['n'])} positive / {int(r['n_all'])})"
         )
     if args.out:
-        _write_json(
-            args.out, {"model": str(args.model), "data": str(args.data), "results": results}
-        )
+        write_json(args.out, {"model": str(args.model), "data": str(args.data), "results": results})
         print(f"wrote {args.out}")
     return 0
 
@@ -148,6 +146,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 def _cmd_eval_classify(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from vlseg.data.io import write_json
     from vlseg.predictor import load
     from vlseg.zeroshot import evaluate_classification, image_labels, plot_confusion
 
@@ -165,7 +164,7 @@ def _cmd_eval_classify(args: argparse.Namespace) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        _write_json(out / "classification.json", res)
+        write_json(out / "classification.json", res)
         plot_confusion(res["confusion"], codes, out / "confusion.png")
         print(f"wrote {out / 'classification.json'} and {out / 'confusion.png'}")
     return 0
@@ -217,7 +216,7 @@ def _hit_sheet(hits: list[dict], path: str) -> None:
 
 
 def _cmd_eval_retrieval(args: argparse.Namespace) -> int:
-
+    from vlseg.data.io import write_json
     from vlseg.indexing import eval_retrieval
     from vlseg.predictor import load
 
@@ -229,7 +228,7 @@ def _cmd_eval_retrieval(args: argparse.Namespace) -> int:
         "every image sharing the caption as a hit)"
     )
     if args.out:
-        _write_json(args.out, res)
+        write_json(args.out, res)
     return 0
 
 
@@ -242,13 +241,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         ) from exc
     serve(args.model, args.index, args.host, args.port, args.auth)
     return 0
-
-
-def _write_json(path, data: dict) -> None:
-    """Write a results file atomically (temp file, fsync, rename)."""
-    from vlseg.data.io import write_json
-
-    write_json(path, data)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ModelConfig, TrainConfig, from_dict, save_yaml, to_dict
-from .data.io import load_mask
+from .data.io import atomic_write, load_mask
 from .data.manifest import ManifestDataset, collate
 from .losses import clip_loss, mask_loss
 from .metrics import SegmentationMeter, binary_auroc
@@ -169,9 +169,9 @@ def _plot_curves(metrics_path: Path, out_png: Path) -> None:
         axes[1].set_ylim(0, 1)
         axes[1].legend()
     fig.tight_layout()
-    fig.savefig(out_png.with_suffix(".tmp.png"), dpi=100)
+    with atomic_write(out_png) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(out_png.with_suffix(".tmp.png"), out_png)
 
 
 def train(cfg: TrainConfig) -> Path:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .data.io import atomic_write
 from .data.manifest import read_manifest
 from .metrics import balanced_accuracy, confusion_matrix, macro_auroc, top1_accuracy
 from .predictor import ovr_log_odds
@@ -94,8 +95,6 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: str | o
                 color="white" if cm[i, j] > cm.max() / 2 else "black",
             )
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)

@@ -215,19 +215,27 @@ class TextEncoder(nn.Module):
         x = x + self.positional_embedding[:t].to(cast_dtype)
         attn_mask = self.attn_mask[:t, :t] if self.attn_mask is not None else None
         if self.use_pad_mask and attn_mask is None:
-            # bidirectional tower with padding mask, as open_clip's TextTransformer builds it
-            key = torch.zeros(ids.shape, dtype=x.dtype, device=x.device)
-            key = key.masked_fill(ids == self.pad_id, float("-inf"))  # (B, T)
-            attn_mask = key[:, None, :].expand(-1, t, -1).repeat_interleave(self.heads, 0)
+            attn_mask = self._pad_attn_mask(ids, x.dtype)
         x = self.transformer(x, attn_mask=attn_mask)
         x = self.ln_final(x)  # (B, T, D)
         pooled = text_global_pool(x, ids, self.pool_type, eos_token_id=self.eos_id)
-        if self.text_projection is not None:
-            if isinstance(self.text_projection, nn.Linear):
-                pooled = self.text_projection(pooled)
-            else:
-                pooled = pooled @ self.text_projection
-        return {"tokens": x, "mask": mask, "embedding": pooled}
+        return {"tokens": x, "mask": mask, "embedding": self._project(pooled)}
+
+    def _pad_attn_mask(self, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """(B * heads) x T x T additive mask hiding padding keys, as open_clip's bidirectional
+        TextTransformer builds it."""
+        t = ids.shape[1]
+        key = torch.zeros(ids.shape, dtype=dtype, device=ids.device)
+        key = key.masked_fill(ids == self.pad_id, float("-inf"))  # (B, T)
+        return key[:, None, :].expand(-1, t, -1).repeat_interleave(self.heads, 0)
+
+    def _project(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The CLIP text projection (a Linear or a D x E matrix), if the tower has one."""
+        if self.text_projection is None:
+            return pooled
+        if isinstance(self.text_projection, nn.Linear):
+            return self.text_projection(pooled)
+        return pooled @ self.text_projection
 
     def _forward_hf(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         am = mask.long()
@@ -250,9 +258,7 @@ class TextEncoder(nn.Module):
         attn_mask = self.attn_mask[: t + n, : t + n] if self.attn_mask is not None else None
         if self.use_pad_mask and attn_mask is None:
             ext = insert_after_first(ids[..., None], ids.new_full((1, n, 1), -1))[..., 0]
-            key = torch.zeros(ext.shape, dtype=x.dtype, device=x.device)
-            key = key.masked_fill(ext == self.pad_id, float("-inf"))  # (B, T + n)
-            attn_mask = key[:, None, :].expand(-1, t + n, -1).repeat_interleave(self.heads, 0)
+            attn_mask = self._pad_attn_mask(ext, x.dtype)
         batch_first = getattr(self.transformer, "batch_first", True)
         with deep_prompts(self.layers, deep_ctx, start=1, batch_first=batch_first):
             x = self.transformer(x, attn_mask=attn_mask)
@@ -270,12 +276,7 @@ class TextEncoder(nn.Module):
             pooled = x[rows, torch.where(idx > 0, idx + n, idx)]  # words after the context shift
         else:
             raise NotImplementedError(f"text pool type {self.pool_type!r} with learned context")
-        if self.text_projection is not None:
-            if isinstance(self.text_projection, nn.Linear):
-                pooled = self.text_projection(pooled)
-            else:
-                pooled = pooled @ self.text_projection
-        return {"tokens": x, "mask": mask, "embedding": pooled}
+        return {"tokens": x, "mask": mask, "embedding": self._project(pooled)}
 
     def _forward_hf_ctx(self, ids, mask, ctx, deep_ctx) -> dict[str, torch.Tensor]:
         hf = self.text.transformer
