@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from vlseg.chat import RESEARCH_NOTICE, ChatService, ChatSession, TurnOutput, load_index
+from vlseg.indexing import check_index_model
 from vlseg.predictor import Segmenter, load
 
 log = logging.getLogger(__name__)
@@ -209,6 +210,8 @@ def serve(
     """
     creds = parse_auth(auth or os.environ.get("VLSEG_AUTH") or None)
     seg = model if isinstance(model, Segmenter) else load(model)
+    if isinstance(index, (str, os.PathLike)):
+        check_index_model(seg, index)  # embeddings of another model would give wrong cases
     demo = build_demo(seg, load_index(index))
     if host not in ("127.0.0.1", "localhost", "::1") and creds is None:
         log.warning("serving on %s without --auth: anyone who can reach it can use it", host)

@@ -11,6 +11,13 @@ parameters but a learned linear projection of them, so both towers adapt togethe
   field, bilinearly upsampled to H x W and kept on a border of width p. Deep text context still
   works there, but only the first layer's context feeds the pixel prompt. The projection starts
   at zero (no image change at the start).
+- CNN towers (``mode="features"``, the default for them): the projection is a per-channel shift
+  added to the output of one CNN stage (``level`` 0..3 = stride 4..32), a rank-r linear map
+  ``Linear(D_t, r) -> Linear(r, C_level)`` of the mean first-layer context (the second map
+  starts at zero). The prompt enters the network where the later stages, the embedding head
+  and the decoder see it, but the backward pass stops at that stage instead of running through
+  the whole tower to the pixels, which is what made the pixel form cost more per step than
+  full fine-tuning's half. The shift plays the role VPT-deep's later-layer tokens play in ViTs.
 """
 
 from __future__ import annotations
@@ -38,10 +45,13 @@ class MaPLe(PromptLearner):
         image_size: model input size (pixels mode).
         pad: border width of the pixel prompt (pixels mode).
         grid: g, resolution of the projected colour field (pixels mode).
+        channels: C of the prompted stage's output (features mode).
+        level: the prompted stage, 0..3 = stride 4..32 (features mode).
+        rank: r, inner width of the coupling map (features mode).
     """
 
     method = "maple"
-    MODES = ("tokens", "pixels")
+    MODES = ("tokens", "pixels", "features")
 
     def __init__(
         self,
@@ -55,6 +65,9 @@ class MaPLe(PromptLearner):
         image_size: int | tuple[int, int] | None = None,
         pad: int = 4,
         grid: int = 4,
+        channels: int | None = None,
+        level: int = 2,
+        rank: int = 16,
         std: float = 0.02,
     ) -> None:
         super().__init__()
@@ -76,6 +89,17 @@ class MaPLe(PromptLearner):
             self.deep_proj = nn.ModuleList(
                 nn.Linear(self.text_width, self.vision_width) for _ in range(self.depth - 1)
             )
+        elif mode == "features":
+            if not channels or level not in range(4) or rank < 1:
+                raise ValueError(
+                    f"features mode needs channels >= 1 (got {channels}), level in 0..3 (got "
+                    f"{level}) and rank >= 1 (got {rank})"
+                )
+            self.channels, self.level, self.rank = int(channels), int(level), int(rank)
+            self.down = nn.Linear(self.text_width, self.rank)
+            self.proj = nn.Linear(self.rank, self.channels)
+            nn.init.zeros_(self.proj.weight)
+            nn.init.zeros_(self.proj.bias)
         else:
             if image_size is None:
                 raise ValueError("pixels mode needs image_size")
@@ -90,6 +114,9 @@ class MaPLe(PromptLearner):
         return {"ctx": self.ctx.unsqueeze(0), "deep_ctx": deep_list(self.deep_ctx)}
 
     def vision_prompt(self, batch: int) -> dict:
+        if self.mode == "features":
+            shift = self.proj(self.down(self.ctx.mean(0))).view(1, self.channels, 1, 1)
+            return {"feature_prompt": {self.level: shift}}
         if self.mode == "pixels":
             field = self.proj(self.ctx.mean(0)).view(1, 3, self.grid, self.grid)
             full = F.interpolate(field, size=self.image_size, mode="bilinear", align_corners=False)
@@ -104,4 +131,6 @@ class MaPLe(PromptLearner):
         out["depth"] = self.depth
         if self.mode == "tokens":
             return {**out, "vision_width": self.vision_width}
+        if self.mode == "features":
+            return {**out, "channels": self.channels, "level": self.level, "rank": self.rank}
         return {**out, "image_size": list(self.image_size), "pad": self.pad, "grid": self.grid}

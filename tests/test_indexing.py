@@ -3,10 +3,12 @@
 import json
 
 import pytest
+import torch
 
+import vlseg
 from vlseg.checkpoint import save_checkpoint
 from vlseg.cli import main as cli_main
-from vlseg.indexing import load_index
+from vlseg.indexing import check_index_model, load_index
 from vlseg.registry import build_model, model_config
 
 
@@ -82,3 +84,41 @@ def test_index_build_search_and_recall(tiny_ckpt, tiny_data, tmp_path, capsys):
 
 def test_search_needs_exactly_one_query(tiny_ckpt, tmp_path):
     assert cli_main(["search", "--model", str(tiny_ckpt), "--index", str(tmp_path)]) == 2
+
+
+def test_index_records_its_model_and_refuses_another(tiny_ckpt, tiny_data, tmp_path, capsys):
+    out = tmp_path / "idx"
+    cli_main(
+        ["index", "build", "--model", str(tiny_ckpt), "--data", str(tiny_data), "--out", str(out)]
+    )
+    rec = json.loads((out / "model.json").read_text())
+    assert rec["model"] == str(tiny_ckpt) and rec["adapter"] is None and len(rec["sha256"]) == 64
+    # without --model the index's own model answers (same recall as naming it)
+    capsys.readouterr()
+    assert cli_main(["eval-retrieval", "--index", str(out), "--out", str(tmp_path / "a.json")]) == 0
+    cli_main(
+        [
+            "eval-retrieval",
+            "--model",
+            str(tiny_ckpt),
+            "--index",
+            str(out),
+            "--out",
+            str(tmp_path / "b.json"),
+        ]
+    )
+    assert json.loads((tmp_path / "a.json").read_text()) == json.loads(
+        (tmp_path / "b.json").read_text()
+    )
+    # another model's embeddings are refused, naming both models and the fixes
+    torch.manual_seed(1)
+    cfg = model_config("tiny-test")
+    other = save_checkpoint(build_model(cfg), cfg, tmp_path / "other")
+    capsys.readouterr()
+    assert (
+        cli_main(["search", "--model", str(other), "--index", str(out), "--text", "a nevus"]) != 0
+    )
+    err = capsys.readouterr().err
+    assert "not comparable" in err and "leave --model out" in err and "vlseg index build" in err
+    with pytest.raises(ValueError, match="not comparable"):
+        check_index_model(vlseg.load(str(other)), out / "images")  # the chat app's path form

@@ -90,3 +90,13 @@ def test_eval_classify_cli(tiny_data, tmp_path, capsys):
     assert rc == 0
     assert (tmp_path / "o" / "confusion.png").is_file()
     assert "balanced accuracy" in capsys.readouterr().out
+
+
+def test_label_set_from_a_yaml_file(tmp_path):
+    from vlseg.cli import _labels
+
+    path = tmp_path / "mine.yaml"
+    path.write_text("mel: melanoma\nnv: a benign nevus\n")
+    assert _labels(str(path)) == (["mel", "nv"], ["melanoma", "a benign nevus"])
+    assert _labels("phantom-ct")[0] == list(load_labels("phantom-ct"))
+    assert _labels("melanoma, nevus") == (["melanoma", "nevus"], ["melanoma", "nevus"])

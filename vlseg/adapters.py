@@ -37,17 +37,18 @@ def _is_adapter_key(key: str) -> bool:
     return key.startswith("prompter.") or "lora_" in key
 
 
-def state_dict_sha256(model: nn.Module) -> str:
+def state_dict_sha256(model: nn.Module, *, adapters: bool = False) -> str:
     """sha256 over the base model's state-dict tensors (key, dtype, shape, bytes; sorted keys).
 
     Adapter tensors are skipped and LoRA-wrapped keys are mapped back, so an adapted model hashes
-    like its base; any change to a base tensor changes the hash.
+    like its base; any change to a base tensor changes the hash. ``adapters=True`` hashes every
+    tensor, adapter ones included (what the model computes, e.g. for a retrieval index).
     """
     h = hashlib.sha256()
     state = {
         k.replace(".base_layer.", "."): v
         for k, v in model.state_dict().items()
-        if not _is_adapter_key(k)
+        if adapters or not _is_adapter_key(k)
     }
     for key in sorted(state):
         t = state[key].detach().cpu().contiguous()
@@ -83,10 +84,17 @@ def _ctx_init(text: nn.Module, phrase: str | None, n_ctx: int) -> torch.Tensor |
 
 
 def _vision_mode(spec: dict, vision: nn.Module) -> str:
+    """The visual prompt form: auto = tokens on ViTs; on CNN towers, MaPLe's stage-output shift
+    ("features") and VPT's padding prompt ("pixels")."""
     mode = spec.get("vpt_mode", "auto")
+    kinds = vision.prompt_kinds
     if mode == "auto":
-        return "tokens" if "tokens" in vision.prompt_kinds else "pixels"
-    if mode not in vision.prompt_kinds:
+        if "tokens" in kinds:
+            return "tokens"
+        return "features" if spec["method"] == "maple" and "features" in kinds else "pixels"
+    if spec["method"] == "vpt" and mode == "features":
+        raise ValueError("vpt_mode='features' is a MaPLe form; VPT takes tokens or pixels")
+    if mode not in kinds:
         raise ValueError(
             f"vpt_mode={mode!r} is not available for a {vision.tower_kind} vision tower; "
             f"available: {', '.join(vision.prompt_kinds)} (or auto)"
@@ -128,6 +136,21 @@ def build_learner(model: nn.Module, spec: dict) -> nn.Module:
             depth=depth,
             mode="tokens",
             vision_width=vision.token_width,
+        )
+    if method == "maple" and mode == "features":
+        level = int(spec.get("maple_level", 2))
+        chans = vision.stage_channels
+        if level not in range(len(chans)):
+            raise ValueError(f"maple_level={level}; use 0..3 (the CNN stage at stride 4..32)")
+        return MaPLe(
+            text_width=text.width,
+            n_ctx=n_ctx,
+            init=init,
+            depth=_depth(spec, len(text.layers)),
+            mode="features",
+            channels=chans[level],
+            level=level,
+            rank=int(spec.get("maple_rank", 16)),
         )
     if method == "maple":
         depth = _depth(spec, len(text.layers))
@@ -304,7 +327,11 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> dict:
             f"with weights sha256 {base['sha256']}, but the model given has sha256 {got}. "
             f"Load it on its base: vlseg.load({base['model']!r}, adapter={str(path)!r})"
         )
-    names = attach(model, meta["learner"])
+    spec = dict(meta["learner"])
+    resolved = (meta.get("learner_shapes") or {}).get("mode")
+    if spec.get("vpt_mode", "auto") == "auto" and resolved:
+        spec["vpt_mode"] = resolved  # the form it was tuned with, whatever auto picks today
+    names = attach(model, spec)
     load_adapter_weights(model, path, names)
     model.eval()
     return meta

@@ -122,10 +122,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _labels(spec: str) -> tuple[list[str], list[str]]:
-    """``a,b,c`` or a label-set name -> (label codes, class names used in prompts)."""
+    """``a,b,c``, a label-set name or a label-set YAML path -> (label codes, class names used in
+    prompts)."""
     from prompts import list_label_sets, load_labels
 
-    if "," not in spec and spec in list_label_sets():
+    if "," not in spec and (spec in list_label_sets() or spec.endswith((".yaml", ".yml"))):
         table = load_labels(spec)
         return list(table), list(table.values())
     items = [s.strip() for s in spec.split(",") if s.strip()]
@@ -179,13 +180,26 @@ def _cmd_index_build(args: argparse.Namespace) -> int:
     return 0
 
 
+INDEX_MODEL_HELP = "default: the model that built the index (another one is refused)"
+
+
+def _index_model(model: str | None, index: str):
+    """The model to query an index with: ``model``, or by default the one that built it."""
+    from vlseg.indexing import check_index_model, read_model_record
+    from vlseg.predictor import load
+
+    rec = read_model_record(index)
+    seg = load(rec["model"], adapter=rec.get("adapter")) if model is None and rec else load(model)
+    check_index_model(seg, index)
+    return seg
+
+
 def _cmd_search(args: argparse.Namespace) -> int:
     from vlseg.indexing import load_index
-    from vlseg.predictor import load
 
     if (args.text is None) == (args.image is None):
         raise ValueError("give exactly one of --text or --image")
-    seg = load(args.model)
+    seg = _index_model(args.model, args.index)
     images, _ = load_index(args.index)
     query = seg.text_embedding([args.text]) if args.text else seg.image_embedding(args.image)
     hits = images.search_meta(query.reshape(1, -1), args.k)[0]
@@ -218,9 +232,8 @@ def _hit_sheet(hits: list[dict], path: str) -> None:
 def _cmd_eval_retrieval(args: argparse.Namespace) -> int:
     from vlseg.data.io import write_json
     from vlseg.indexing import eval_retrieval
-    from vlseg.predictor import load
 
-    res = eval_retrieval(load(args.model), args.index)
+    res = eval_retrieval(_index_model(args.model, args.index), args.index)
     for way in ("text_to_image", "image_to_text"):
         print(f"{way}: " + "  ".join(f"{k} {v:.4f}" for k, v in res[way].items()))
     print(
@@ -318,7 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None)
     p.add_argument("--adapter", help="a `vlseg tune` adapter dir to apply (e.g. runs/tune/best)")
     p.add_argument("--image", required=True)
-    p.add_argument("--labels", required=True, help="a,b,c or a label-set name (e.g. ham10000)")
+    p.add_argument(
+        "--labels",
+        required=True,
+        help="a,b,c, a label-set name (e.g. ham10000) or a YAML file {code: class name}",
+    )
     p.add_argument("--templates", default=None, help="dermoscopy | ct | generic | a YAML file")
     p.set_defaults(func=_cmd_classify)
 
@@ -328,7 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="test")
     p.add_argument("--modality", default=None, help="only images of this modality")
-    p.add_argument("--labels", required=True, help="a,b,c or a label-set name")
+    p.add_argument(
+        "--labels", required=True, help="a,b,c, a label-set name or a YAML file {code: class name}"
+    )
     p.add_argument("--templates", default=None)
     p.add_argument("--out", help="directory for classification.json and confusion.png")
     p.set_defaults(func=_cmd_eval_classify)
@@ -344,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_cmd_index_build)
 
     p = sub.add_parser("search", help="search an index by text or by image")
-    p.add_argument("--model", default=None)
+    p.add_argument("--model", default=None, help=INDEX_MODEL_HELP)
     p.add_argument("--index", required=True)
     p.add_argument("--text")
     p.add_argument("--image")
@@ -353,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_search)
 
     p = sub.add_parser("eval-retrieval", help="recall@1/5/10 text->image and image->text")
-    p.add_argument("--model", default=None)
+    p.add_argument("--model", default=None, help=INDEX_MODEL_HELP)
     p.add_argument("--index", required=True)
     p.add_argument("--out", help="metrics JSON path")
     p.set_defaults(func=_cmd_eval_retrieval)

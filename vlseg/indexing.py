@@ -3,6 +3,9 @@
 An index directory holds two ``retrieval.Index`` folders: ``images/`` (image embeddings; metadata:
 image path, caption, label, modality) and ``texts/`` (one row per distinct caption; metadata: the
 caption and the images it describes). Text queries search ``images/``; image queries search both.
+``model.json`` records the model that made the embeddings (how to load it and a hash of its
+weights): queries must be embedded by the same model, so a different one is refused
+(``check_index_model``) and the CLI loads the recorded one by default.
 """
 
 from __future__ import annotations
@@ -13,7 +16,60 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .data.io import write_json
 from .data.manifest import read_manifest
+
+MODEL_RECORD = "model.json"
+
+
+def model_record(segmenter) -> dict:
+    """What ``model.json`` stores: how to load the model again and a hash of every weight that
+    shapes its embeddings (adapter tensors included)."""
+    from .adapters import state_dict_sha256
+
+    source = getattr(segmenter, "source", None) or {"model": None, "adapter": None}
+    return {
+        "model": source.get("model"),
+        "adapter": source.get("adapter"),
+        "name": segmenter.name,
+        "sha256": state_dict_sha256(segmenter.model, adapters=True),
+    }
+
+
+def read_model_record(index_dir) -> dict | None:
+    """The ``model.json`` of an index directory (or of the parent of ``images/``), if any."""
+    import json
+
+    path = Path(index_dir)
+    for d in (path, path.parent):
+        if (d / MODEL_RECORD).is_file():
+            return json.loads((d / MODEL_RECORD).read_text())
+    return None
+
+
+def check_index_model(segmenter, index_dir) -> None:
+    """Refuse to query an index with embeddings of another model (they are not comparable).
+
+    Indexes without ``model.json`` (built before it existed) are not checked.
+
+    Raises:
+        ValueError: the index was built by another model; names both and the two fixes.
+    """
+    rec = read_model_record(index_dir)
+    if rec is None:
+        return
+    got = model_record(segmenter)
+    if got["sha256"] != rec["sha256"]:
+        how = rec["model"] or "the embedded default"
+        if rec.get("adapter"):
+            how += f" with adapter {rec['adapter']}"
+        raise ValueError(
+            f"index {index_dir} was built with model {rec['name']!r} ({how}; weights sha256 "
+            f"{rec['sha256'][:12]}...), but the model given is {got['name']!r} (sha256 "
+            f"{got['sha256'][:12]}...): its embeddings are not comparable. Query with the "
+            "index's model (leave --model out), or rebuild the index with this one: "
+            "vlseg index build --model M --data D --out DIR"
+        )
 
 
 def _pairs(data, split):
@@ -69,6 +125,7 @@ def build_index(
     Index.build(txt, [{"caption": c, "images": members[c]} for c in captions], kind=kind).save(
         out / "texts"
     )
+    write_json(out / MODEL_RECORD, model_record(segmenter))
     return out
 
 
@@ -90,6 +147,7 @@ def eval_retrieval(segmenter, index_dir, *, ks=(1, 5, 10)) -> dict[str, dict[str
     image->text (the image's own caption is the one relevant row)."""
     from retrieval import retrieval_recall
 
+    check_index_model(segmenter, index_dir)
     images, texts = load_index(index_dir)
     n_img, n_txt = images.ntotal, texts.ntotal
     img_meta = [images.metadata(i) for i in range(n_img)]

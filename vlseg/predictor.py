@@ -335,6 +335,10 @@ def load(
 
     model, cfg, meta = resolve(name_or_path, adapter=adapter)
     name = cfg.name if adapter is None else f"{cfg.name}+{meta['adapter']['method']}"
-    return Segmenter(
-        model, image_size=cfg.image_size, threshold=threshold, device=device, name=name
-    )
+    seg = Segmenter(model, image_size=cfg.image_size, threshold=threshold, device=device, name=name)
+    # how to load this model again (recorded by indexes built with it)
+    seg.source = {
+        "model": None if name_or_path is None else str(name_or_path),
+        "adapter": None if adapter is None else str(adapter),
+    }
+    return seg

@@ -41,11 +41,12 @@ from .data.io import write_json
 from .data.manifest import ManifestDataset, Record, read_manifest
 from .engine import _dist_setup, evaluate, fit, make_datasets
 
-VPT_MODES = ("auto", "tokens", "pixels")
+VPT_MODES = ("auto", "tokens", "pixels", "features")
 # TuneConfig fields that define the learner (recorded in adapter.yaml, needed to rebuild it)
 LEARNER_FIELDS = (
     "method", "n_ctx", "ctx_init", "deep", "depth", "vpt_tokens", "vpt_mode", "pad_width",
-    "maple_grid", "lora_rank", "lora_alpha", "lora_targets", "lora_towers", "train_decoder",
+    "maple_grid", "maple_level", "maple_rank", "lora_rank", "lora_alpha", "lora_targets",
+    "lora_towers", "train_decoder",
 )  # fmt: skip
 
 
@@ -64,9 +65,13 @@ class TuneConfig:
     deep: bool = False  # prompts at the input of later layers too (coop/cocoop/vpt-tokens/maple)
     depth: int | None = None  # layers with prompts when deep (None = all layers)
     vpt_tokens: int = 8  # visual prompt tokens (ViT towers)
-    vpt_mode: str = "auto"  # auto (tokens on open_clip ViTs, pixels otherwise) | tokens | pixels
+    # visual prompt form: auto = tokens on open_clip ViTs; on CNN towers "features" for maple
+    # (a shift on a stage's output) and "pixels" for vpt (padding prompt)
+    vpt_mode: str = "auto"
     pad_width: int = 4  # width in pixels of the padding prompt (CNN towers: vpt and maple)
-    maple_grid: int = 4  # maple on CNN towers: g x g colour field projected from the context
+    maple_grid: int = 4  # maple, pixels form: g x g colour field projected from the context
+    maple_level: int = 2  # maple, features form: prompted CNN stage, 0..3 = stride 4..32
+    maple_rank: int = 16  # maple, features form: inner width of the context -> shift map
     lora_rank: int = 2
     lora_alpha: float | None = None  # LoRA scale numerator (None = 2 * rank)
     # layer names to wrap: open_clip ViT/text MLP "c_proj", BERT "value", CNN blocks' "conv2"

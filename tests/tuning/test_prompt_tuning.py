@@ -319,8 +319,9 @@ def test_cnn_vision_tower(method, cnn_cfg, tiny_data, tmp_path):
     cfg = _tune_cfg(method, base, tiny_data, tmp_path / "run", max_steps=2, deep=False)
     out = tune(cfg)
     meta = yaml.safe_load((out / "best" / "adapter.yaml").read_text())
-    if method in ("vpt", "maple"):
-        assert meta["learner_shapes"]["mode"] == "pixels"
+    if method in ("vpt", "maple"):  # auto: VPT's padding prompt, MaPLe's stage shift
+        want = {"vpt": "pixels", "maple": "features"}[method]
+        assert meta["learner_shapes"]["mode"] == want
     seg = vlseg.load(str(base), adapter=out / "best")
     if method == "vpt":  # the padding prompt is zero inside the border
         prompt = seg.model.prompter.vision_prompt(1)["prompt"]
@@ -363,3 +364,58 @@ def test_phantom_tiny_architecture_hf_text_tower(tiny_data, tmp_path):
         seg = vlseg.load(str(base), adapter=out / "best")
         res = evaluate(seg.model, _test_set(seg, tiny_data), batch_size=4, limit=8)
         np.testing.assert_equal(res, report["results"])
+
+
+def _cnn_model(cnn_cfg):
+    torch.manual_seed(0)
+    model = build_model(model_config(cnn_cfg)).eval()
+    model.requires_grad_(False)
+    return model
+
+
+def test_feature_prompt_shifts_one_stage_and_stops_the_backward_there(cnn_cfg):
+    vision = _cnn_model(cnn_cfg).vision
+    images = torch.randn(2, 3, 64, 64)
+    base = vision(images)
+    zero = vision(images, feature_prompt={2: torch.zeros(1, vision.stage_channels[2], 1, 1)})
+    for a, b in zip(base["features"], zero["features"], strict=True):
+        assert torch.equal(a, b)
+    shift = torch.randn(1, vision.stage_channels[2], 1, 1, requires_grad=True)
+    out = vision(images, feature_prompt={2: shift})
+    for level in (0, 1):  # stages before the prompted one are untouched and carry no graph
+        assert torch.equal(out["features"][level], base["features"][level])
+        assert not out["features"][level].requires_grad
+    for level in (2, 3):
+        assert not torch.allclose(out["features"][level], base["features"][level])
+    assert not torch.allclose(out["embedding"], base["embedding"])
+    out["embedding"].sum().backward()
+    assert shift.grad is not None and shift.grad.abs().sum() > 0
+    # the hooks are gone afterwards
+    assert torch.equal(vision(images)["features"][3], base["features"][3])
+
+
+def test_feature_prompt_errors_name_the_problem(cnn_cfg, base_ckpt):
+    vision = _cnn_model(cnn_cfg).vision
+    images = torch.zeros(1, 3, 64, 64)
+    with pytest.raises(ValueError, match="level 2 must be .* x 256 x h x w"):
+        vision(images, feature_prompt={2: torch.zeros(1, 7, 1, 1)})
+    with pytest.raises(ValueError, match="use 0..3"):
+        vision(images, feature_prompt={5: torch.zeros(1, 7, 1, 1)})
+    vit, _, _ = load_checkpoint(base_ckpt)
+    assert "features" not in vit.vision.prompt_kinds
+    with pytest.raises(ValueError, match="feature prompts need a CNN tower"):
+        vit.vision(torch.zeros(1, 3, 64, 64), feature_prompt={2: torch.zeros(1, 8, 1, 1)})
+    with pytest.raises(ValueError, match="MaPLe form"):
+        attach(_cnn_model(cnn_cfg), {"method": "vpt", "vpt_mode": "features"})
+
+
+def test_maple_pixel_form_still_selectable_on_cnn_towers(cnn_cfg):
+    model = _cnn_model(cnn_cfg)
+    attach(model, {"method": "maple", "n_ctx": 2, "vpt_mode": "pixels"})
+    assert model.prompter.hparams()["mode"] == "pixels"
+    model = _cnn_model(cnn_cfg)
+    attach(model, {"method": "maple", "n_ctx": 2, "maple_level": 3, "maple_rank": 4})
+    shapes = model.prompter.hparams()
+    assert (shapes["mode"], shapes["level"], shapes["channels"]) == ("features", 3, 512)
+    # starts at zero: the model's outputs are the base model's
+    assert model.prompter.vision_prompt(1)["feature_prompt"][3].abs().max() == 0

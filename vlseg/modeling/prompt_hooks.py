@@ -101,3 +101,34 @@ def check_prompt(p: torch.Tensor, batch: int, width: int, what: str) -> None:
     if not torch.is_tensor(p) or p.ndim != 3 or p.shape[2] != width or p.shape[0] not in (1, batch):
         shape = tuple(p.shape) if torch.is_tensor(p) else type(p).__name__
         raise ValueError(f"{what} must be (B or 1) x n x {width} with B={batch}, got {shape}")
+
+
+@contextmanager
+def stage_prompts(
+    stages: Sequence[nn.Module], prompts: dict[int, torch.Tensor] | None
+) -> Iterator[None]:
+    """While active, the output of ``stages[level]`` gets ``prompts[level]`` added to it.
+
+    Args:
+        stages: a CNN tower's stage modules at strides 4, 8, 16, 32 (levels 0..3).
+        prompts: level -> (B or 1) x C x h x w tensor broadcastable to that stage's output
+            (a 1 x 1 map is a per-channel shift); None or {} = no-op.
+    """
+    if not prompts:
+        yield
+        return
+    handles = []
+
+    def make_hook(p: torch.Tensor):
+        def hook(module, args, output):
+            return output + p.to(output.dtype)
+
+        return hook
+
+    try:
+        for level, p in prompts.items():
+            handles.append(stages[level].register_forward_hook(make_hook(p)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()

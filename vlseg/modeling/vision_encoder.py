@@ -29,7 +29,7 @@ from open_clip.timm_model import TimmModel
 from open_clip.transformer import VisionTransformer
 from torch import nn
 
-from .prompt_hooks import check_prompt, deep_prompts
+from .prompt_hooks import check_prompt, deep_prompts, stage_prompts
 
 PYRAMID_STRIDES = (4, 8, 16, 32)
 TRAINABLE_MODES = ("full", "frozen")
@@ -248,8 +248,34 @@ class VisionEncoder(nn.Module):
 
     @property
     def prompt_kinds(self) -> tuple[str, ...]:
-        """Visual prompt forms this tower takes: "tokens" (open_clip ViT) and/or "pixels"."""
-        return ("tokens", "pixels") if self.tower_kind == "vit" else ("pixels",)
+        """Visual prompt forms this tower takes: "tokens" (open_clip ViT), "pixels" (any tower),
+        "features" (CNN towers: a shift added to a stage's output)."""
+        if self.tower_kind == "vit":
+            return ("tokens", "pixels")
+        if self.tower_kind in ("timm_cnn", "modified_resnet"):
+            return ("pixels", "features")
+        return ("pixels",)
+
+    def _stages(self) -> list[nn.Module]:
+        """The CNN tower's stage modules whose outputs are the maps at strides 4, 8, 16, 32."""
+        if self.tower_kind == "timm_cnn":
+            trunk, info = self.visual.trunk, self.visual.trunk.feature_info
+            return [trunk.get_submodule(info[i]["module"]) for i in self._indices]
+        if self.tower_kind == "modified_resnet":
+            return [getattr(self.visual, f"layer{i}") for i in range(1, 5)]
+        raise ValueError(
+            f"feature prompts need a CNN tower (timm CNN or ModifiedResNet); this one is "
+            f"{self.tower_kind}: use token or pixel prompts"
+        )
+
+    @property
+    def stage_channels(self) -> list[int]:
+        """Channels of the CNN tower's own stage outputs at strides 4..32 (before the pyramid
+        projection): the widths of feature prompts."""
+        if self.tower_kind == "timm_cnn":
+            info = self.visual.trunk.feature_info
+            return [int(info[i]["num_chs"]) for i in self._indices]
+        return [int(m[-1].conv3.out_channels) for m in self._stages()]
 
     @property
     def token_width(self) -> int:
@@ -270,6 +296,7 @@ class VisionEncoder(nn.Module):
         images: torch.Tensor,
         prompt: torch.Tensor | None = None,
         deep_prompt: list[torch.Tensor] | None = None,
+        feature_prompt: dict[int, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         """Encode normalised images.
 
@@ -281,6 +308,10 @@ class VisionEncoder(nn.Module):
                 (bilinearly resized to H x W if h x w differs).
             deep_prompt: optional list of (B or 1) x n x C token prompts, one per block after
                 the first, replacing the prompt tokens at that block's input.
+            feature_prompt: optional {level: (B or 1) x C_l x h x w} (CNN towers; level 0..3 =
+                stride 4..32, C_l = ``stage_channels[level]``, h x w = 1 x 1 or the stage's
+                map size) added to that stage's output, so later stages, the embedding head
+                and the decoder see it; backward stops at that stage.
 
         Returns:
             "features": 4 maps B x C_i x H/s x W/s for s = 4, 8, 16, 32 (C_i = out_channels[i]).
@@ -309,6 +340,28 @@ class VisionEncoder(nn.Module):
                 check_prompt(d, images.shape[0], self.token_width, f"deep_prompt[{i}]")
         elif deep_prompt:
             raise ValueError("deep_prompt needs prompt (the first block's tokens) as well")
+        if feature_prompt:
+            self._check_feature_prompt(feature_prompt, images.shape[0])
+            with stage_prompts(self._stages(), feature_prompt):
+                return self._forward(images, prompt, deep_prompt, h, w)
+        return self._forward(images, prompt, deep_prompt, h, w)
+
+    def _check_feature_prompt(self, prompts: dict[int, torch.Tensor], batch: int) -> None:
+        chans = self.stage_channels
+        for level, p in prompts.items():
+            if level not in range(len(chans)):
+                raise ValueError(f"feature prompt level {level!r}; use 0..3 (stride 4..32)")
+            if not torch.is_tensor(p) or p.ndim != 4 or p.shape[1] != chans[level]:
+                shape = tuple(p.shape) if torch.is_tensor(p) else type(p).__name__
+                raise ValueError(
+                    f"feature prompt for level {level} must be (B or 1) x {chans[level]} x h x w, "
+                    f"got {shape}"
+                )
+            if p.shape[0] not in (1, batch):
+                raise ValueError(f"feature prompt batch {p.shape[0]}; use 1 or {batch}")
+
+    def _forward(self, images, prompt, deep_prompt, h: int, w: int) -> dict:
+        """The tower pass proper (inputs checked, feature-prompt hooks in place)."""
         if self.tower_kind == "vit":
             grid, embedding = self._vit_forward(images, prompt, deep_prompt)
             feats = self.neck(grid, (h, w))
