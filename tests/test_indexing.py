@@ -18,6 +18,13 @@ def tiny_ckpt(tmp_path_factory):
     return save_checkpoint(build_model(cfg), cfg, tmp_path_factory.mktemp("m") / "ckpt")
 
 
+def _eval_retrieval(index, out, model=None) -> dict:
+    """``vlseg eval-retrieval`` (with ``--model`` when given) -> its metrics JSON."""
+    args = ["eval-retrieval", "--index", str(index), "--out", str(out)]
+    assert cli_main(args + (["--model", str(model)] if model else [])) == 0
+    return json.loads(out.read_text())
+
+
 def test_index_build_search_and_recall(tiny_ckpt, tiny_data, tmp_path, capsys):
     out = tmp_path / "idx"
     assert (
@@ -61,21 +68,7 @@ def test_index_build_search_and_recall(tiny_ckpt, tiny_data, tmp_path, capsys):
     lines = [x for x in capsys.readouterr().out.splitlines() if x.strip()[:2].strip(".").isdigit()]
     assert len(lines) == 3
     assert (tmp_path / "hits.png").stat().st_size > 0
-    assert (
-        cli_main(
-            [
-                "eval-retrieval",
-                "--model",
-                str(tiny_ckpt),
-                "--index",
-                str(out),
-                "--out",
-                str(tmp_path / "r.json"),
-            ]
-        )
-        == 0
-    )
-    res = json.loads((tmp_path / "r.json").read_text())
+    res = _eval_retrieval(out, tmp_path / "r.json", tiny_ckpt)
     assert set(res["text_to_image"]) == {"R@1", "R@5", "R@10"}
     # Random weights: only the definition is checked here (recall is monotone in k).
     t2i = res["text_to_image"]
@@ -95,20 +88,8 @@ def test_index_records_its_model_and_refuses_another(tiny_ckpt, tiny_data, tmp_p
     assert rec["model"] == str(tiny_ckpt) and rec["adapter"] is None and len(rec["sha256"]) == 64
     # without --model the index's own model answers (same recall as naming it)
     capsys.readouterr()
-    assert cli_main(["eval-retrieval", "--index", str(out), "--out", str(tmp_path / "a.json")]) == 0
-    cli_main(
-        [
-            "eval-retrieval",
-            "--model",
-            str(tiny_ckpt),
-            "--index",
-            str(out),
-            "--out",
-            str(tmp_path / "b.json"),
-        ]
-    )
-    assert json.loads((tmp_path / "a.json").read_text()) == json.loads(
-        (tmp_path / "b.json").read_text()
+    assert _eval_retrieval(out, tmp_path / "a.json") == _eval_retrieval(
+        out, tmp_path / "b.json", tiny_ckpt
     )
     # another model's embeddings are refused, naming both models and the fixes
     torch.manual_seed(1)
