@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import vlseg
-from vlseg.checkpoint import save_checkpoint
+from vlseg.checkpoint import load_checkpoint, save_checkpoint
+from vlseg.cli import _index_model
 from vlseg.cli import main as cli_main
 from vlseg.indexing import check_index_model, load_index
 from vlseg.registry import build_model, model_config
@@ -103,3 +104,16 @@ def test_index_records_its_model_and_refuses_another(tiny_ckpt, tiny_data, tmp_p
     assert "not comparable" in err and "leave --model out" in err and "vlseg index build" in err
     with pytest.raises(ValueError, match="not comparable"):
         check_index_model(vlseg.load(str(other)), out / "images")  # the chat app's path form
+
+
+def test_index_of_a_model_built_in_code_asks_for_the_model(tiny_ckpt, tiny_data, tmp_path):
+    from vlseg.indexing import build_index, read_model_record
+    from vlseg.predictor import Segmenter
+
+    model, _, _ = load_checkpoint(tiny_ckpt)
+    build_index(Segmenter(model, image_size=64), tiny_data, tmp_path / "idx", progress=False)
+    assert read_model_record(tmp_path / "idx")["known"] is False
+    with pytest.raises(ValueError, match="built by a model made in code.*pass --model"):
+        _index_model(None, str(tmp_path / "idx"))
+    # naming a checkpoint with the same weights works
+    assert _index_model(str(tiny_ckpt), str(tmp_path / "idx")).name == "tiny-test"

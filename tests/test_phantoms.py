@@ -93,11 +93,12 @@ def test_largest_lesion_expression_points_at_largest():
 
 
 def test_heldout_split_is_separated_from_train():
-    train_prompts, train_combos = set(), set()
+    train_prompts, train_combos, train_keys = set(), set(), set()
     for s in iter_samples(60, seed=5, size=64):
         assert s.split in {"train", "val", "test"}
         train_prompts.update(p for t in s.targets for p in t.prompts)
         train_combos.update(_combos(s))
+        train_keys.update(t.key for t in s.targets)
     held_prompts, held_combos = set(), set()
     for s in iter_samples(0, seed=5, size=64, n_heldout=20):
         assert s.split == "test_heldout"
@@ -106,6 +107,9 @@ def test_heldout_split_is_separated_from_train():
     assert not (train_prompts & held_prompts), "held-out phrasings never occur in train"
     assert ("ct", "hyper", "left") in held_combos
     assert ("ct", "hyper", "left") not in train_combos
+    # the reserved combination is not even worded in train, as a negative ("never there")
+    assert "lesions_hypodense_left_lobe" in train_keys
+    assert "lesions_hyperdense_left_lobe" not in train_keys
     assert not {("derm", "basal cell carcinoma", "dark"), ("derm", "dermatofibroma", "light")} & (
         train_combos
     )

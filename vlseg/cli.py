@@ -189,6 +189,11 @@ def _index_model(model: str | None, index: str):
     from vlseg.predictor import load
 
     rec = read_model_record(index)
+    if model is None and rec and not rec.get("known", True):
+        raise ValueError(
+            f"index {index} was built by a model made in code ({rec['name']!r}), which cannot "
+            "be reloaded from the index: pass --model with a checkpoint of the same weights"
+        )
     seg = load(rec["model"], adapter=rec.get("adapter")) if model is None and rec else load(model)
     check_index_model(seg, index)
     return seg

@@ -76,6 +76,11 @@ def _tokenize(model, texts: list[str], device) -> tuple[torch.Tensor, torch.Tens
     return tok["ids"].to(device), tok["mask"].to(device)
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def compute_loss(
     model, raw_model, batch: dict, captions: list[str], cfg: TrainConfig, device
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -333,6 +338,7 @@ def fit(
                 loss, parts = compute_loss(ddp, model, batch, _captions(ds, batch), cfg, device)
             (loss / cfg.grad_accum).backward()
             if (micro + 1) % cfg.grad_accum:
+                _sync(device)
                 compute += time.time() - t_in
                 continue
             for g in optimizer.param_groups:
@@ -341,6 +347,7 @@ def fit(
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            _sync(device)  # GPU work is asynchronous: time it, not its launch
             now = time.time()
             compute += now - t_in
             if not first_in_epoch:  # the first one also pays for starting the loader

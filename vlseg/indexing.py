@@ -27,10 +27,11 @@ def model_record(segmenter) -> dict:
     shapes its embeddings (adapter tensors included)."""
     from .adapters import state_dict_sha256
 
-    source = getattr(segmenter, "source", None) or {"model": None, "adapter": None}
+    source = getattr(segmenter, "source", None)
     return {
-        "model": source.get("model"),
-        "adapter": source.get("adapter"),
+        "model": source.get("model") if source else None,
+        "adapter": source.get("adapter") if source else None,
+        "known": source is not None,  # False: a Segmenter built in code, not by vlseg.load
         "name": segmenter.name,
         "sha256": state_dict_sha256(segmenter.model, adapters=True),
     }
@@ -41,7 +42,7 @@ def read_model_record(index_dir) -> dict | None:
     import json
 
     path = Path(index_dir)
-    for d in (path, path.parent):
+    for d in (path, path.parent) if path.name in ("images", "texts") else (path,):
         if (d / MODEL_RECORD).is_file():
             return json.loads((d / MODEL_RECORD).read_text())
     return None
@@ -63,12 +64,14 @@ def check_index_model(segmenter, index_dir) -> None:
         how = rec["model"] or "the embedded default"
         if rec.get("adapter"):
             how += f" with adapter {rec['adapter']}"
+        if not rec.get("known", True):
+            how = "a model built in code"
         raise ValueError(
             f"index {index_dir} was built with model {rec['name']!r} ({how}; weights sha256 "
             f"{rec['sha256'][:12]}...), but the model given is {got['name']!r} (sha256 "
             f"{got['sha256'][:12]}...): its embeddings are not comparable. Query with the "
-            "index's model (leave --model out), or rebuild the index with this one: "
-            "vlseg index build --model M --data D --out DIR"
+            "index's model (on the command line: leave --model out), or rebuild the index with "
+            "this one: vlseg index build --model M --data D --out DIR"
         )
 
 

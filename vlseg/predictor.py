@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -140,6 +143,16 @@ class Segmenter:
         self._features: ImageFeatures | None = None
         self.encoder_calls = 0  # how many times the image encoder ran (for tests and benchmarks)
         self._class_cache: dict[tuple, np.ndarray] = {}
+        # Prompt learners insert their prompts through forward hooks on shared modules, so two
+        # threads running the same prompted model at once (the chat app serves two requests
+        # concurrently) would each see the other's hooks: such models run one call at a time.
+        self._prompted_lock = threading.Lock()
+
+    def _serialised(self):
+        """A lock while a prompt learner is attached, else a no-op context."""
+        if getattr(self.model, "prompter", None) is None:
+            return contextlib.nullcontext()
+        return self._prompted_lock
 
     def __repr__(self) -> str:
         return f"Segmenter({self.name!r}, image_size={self.image_size}, device={self.device})"
@@ -157,7 +170,9 @@ class Segmenter:
     @torch.no_grad()
     def _encode(self, images: Sequence[LoadedImage]) -> ImageFeatures:
         self.encoder_calls += 1
-        return self.model.encode_image(self.preprocess(images))
+        x = self.preprocess(images)
+        with self._serialised():
+            return self.model.encode_image(x)
 
     def set_image(self, image) -> Segmenter:
         """Encode and cache one image (path, PIL image, numpy array or LoadedImage)."""
@@ -185,7 +200,8 @@ class Segmenter:
         texts, _ = _check_texts(list(texts))
         tok = self.model.text.tokenize(texts)
         # through the model, so a prompt learner's context applies (unconditioned for CoCoOp)
-        emb = self.model.encode_text(tok["ids"].to(self.device), tok["mask"].to(self.device))
+        with self._serialised():
+            emb = self.model.encode_text(tok["ids"].to(self.device), tok["mask"].to(self.device))
         return F.normalize(emb.embedding.float(), dim=-1).cpu().numpy()
 
     def class_embeddings(self, labels: Sequence[str], templates=None) -> np.ndarray:
@@ -275,10 +291,11 @@ class Segmenter:
 
     def _answer(self, feats: ImageFeatures, image: LoadedImage, texts: list[str], spacing):
         tok = self.model.text.tokenize(texts)
-        txt = self.model.encode_text(
-            tok["ids"].to(self.device), tok["mask"].to(self.device), feats.embedding
-        )
-        out = self.model.decode(feats, txt)
+        with self._serialised():
+            txt = self.model.encode_text(
+                tok["ids"].to(self.device), tok["mask"].to(self.device), feats.embedding
+            )
+            out = self.model.decode(feats, txt)
         h, w = image.size
         probs = (
             torch.sigmoid(
@@ -313,6 +330,14 @@ class Segmenter:
         )
 
 
+def _where(name_or_path) -> str | None:
+    """A registered name as given, a directory as an absolute path (usable from anywhere)."""
+    if name_or_path is None:
+        return None
+    path = Path(name_or_path)
+    return str(path.resolve()) if path.exists() else str(name_or_path)
+
+
 def load(
     name_or_path: str | os.PathLike | None = None,
     *,
@@ -337,8 +362,5 @@ def load(
     name = cfg.name if adapter is None else f"{cfg.name}+{meta['adapter']['method']}"
     seg = Segmenter(model, image_size=cfg.image_size, threshold=threshold, device=device, name=name)
     # how to load this model again (recorded by indexes built with it)
-    seg.source = {
-        "model": None if name_or_path is None else str(name_or_path),
-        "adapter": None if adapter is None else str(adapter),
-    }
+    seg.source = {"model": _where(name_or_path), "adapter": _where(adapter)}
     return seg

@@ -401,6 +401,8 @@ def test_feature_prompt_errors_name_the_problem(cnn_cfg, base_ckpt):
         vision(images, feature_prompt={2: torch.zeros(1, 7, 1, 1)})
     with pytest.raises(ValueError, match="use 0..3"):
         vision(images, feature_prompt={5: torch.zeros(1, 7, 1, 1)})
+    with pytest.raises(ValueError, match="use 1 x 1 .* or the stage's map size"):
+        vision(images, feature_prompt={2: torch.zeros(1, 256, 3, 3)})
     vit, _, _ = load_checkpoint(base_ckpt)
     assert "features" not in vit.vision.prompt_kinds
     with pytest.raises(ValueError, match="feature prompts need a CNN tower"):
@@ -419,3 +421,24 @@ def test_maple_pixel_form_still_selectable_on_cnn_towers(cnn_cfg):
     assert (shapes["mode"], shapes["level"], shapes["channels"]) == ("features", 3, 512)
     # starts at zero: the model's outputs are the base model's
     assert model.prompter.vision_prompt(1)["feature_prompt"][3].abs().max() == 0
+
+
+def test_prompted_model_is_safe_to_call_from_several_threads(cnn_cfg):
+    """Prompts enter through forward hooks on shared modules: concurrent calls (the chat app
+    serves two at once) must not see each other's hooks."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vlseg.predictor import Segmenter
+
+    model = _cnn_model(cnn_cfg)
+    attach(model, {"method": "maple", "n_ctx": 2})
+    with torch.no_grad():
+        model.prompter.proj.bias.fill_(0.5)  # a visible shift
+    seg = Segmenter(model, image_size=64)
+    images = [np.random.default_rng(i).integers(0, 255, (64, 64), np.uint8) for i in range(8)]
+    want = [seg.segment(im, "the liver").probs for im in images]
+    seg2 = Segmenter(model, image_size=64)
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda im: seg2.segment(im, "the liver").probs, images * 3))
+    for i, g in enumerate(got):
+        np.testing.assert_array_equal(g, want[i % len(images)])

@@ -119,15 +119,20 @@ def stage_prompts(
         return
     handles = []
 
-    def make_hook(p: torch.Tensor):
+    def make_hook(level: int, p: torch.Tensor):
         def hook(module, args, output):
+            if p.shape[-2:] not in ((1, 1), output.shape[-2:]):
+                raise ValueError(
+                    f"feature prompt for level {level} is {p.shape[-2]} x {p.shape[-1]}; use 1 x 1 "
+                    f"(a per-channel shift) or the stage's map size {tuple(output.shape[-2:])}"
+                )
             return output + p.to(output.dtype)
 
         return hook
 
     try:
         for level, p in prompts.items():
-            handles.append(stages[level].register_forward_hook(make_hook(p)))
+            handles.append(stages[level].register_forward_hook(make_hook(level, p)))
         yield
     finally:
         for h in handles:

@@ -364,7 +364,10 @@ def ct_targets(
         for lobe in ("right", "left"):
             both = [o for o in sel if o.attrs["lobe"] == lobe]
             # Compositions are asked about when present, or as negatives only when the lesion
-            # density exists elsewhere (a harder "not here" case).
+            # density exists elsewhere (a harder "not here" case). A combination reserved for
+            # test_heldout is never worded in the other splits, not even as a negative: it
+            # would teach "this combination is never there" instead of leaving it unseen.
+            # (Its phrasings are still drawn, so every later draw of the sample stays the same.)
             if both or (sel and rng.random() < 0.5):
                 add(
                     f"lesions_{dens}dense_{lobe}_lobe",
@@ -373,6 +376,8 @@ def ct_targets(
                         count=max(1, len(both)), heldout=heldout, density=dens, lobe=lobe
                     ),
                 )
+                if not heldout and (dens, lobe) in HELDOUT_COMBOS:
+                    t.pop()
     # One cross-modality negative.
     other = str(rng.choice(["skin_lesion", "melanoma", "ink"]))
     add(f"absent_{other}", [], lang.nouns(other, heldout))
