@@ -296,6 +296,17 @@ def read_adapter_config(path: str | os.PathLike) -> dict:
     return meta
 
 
+def recorded_spec(meta: dict, spec: dict | None = None) -> dict:
+    """The learner spec of an ``adapter.yaml`` (or ``spec``, e.g. a resumed run's config) with
+    ``vpt_mode: auto`` replaced by the visual-prompt form the adapter was actually made with, so
+    it rebuilds the same learner whatever "auto" picks in this version."""
+    spec = dict(meta["learner"] if spec is None else spec)
+    resolved = (meta.get("learner_shapes") or {}).get("mode")
+    if spec.get("vpt_mode", "auto") == "auto" and resolved:
+        spec["vpt_mode"] = resolved
+    return spec
+
+
 def load_adapter_weights(model: nn.Module, path: str | os.PathLike, names: list[str]) -> None:
     """Copy an adapter's tensors into a model that already has the matching learner."""
     state = load_file(str(Path(path) / ADAPTER_WEIGHTS))
@@ -327,11 +338,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> dict:
             f"with weights sha256 {base['sha256']}, but the model given has sha256 {got}. "
             f"Load it on its base: vlseg.load({base['model']!r}, adapter={str(path)!r})"
         )
-    spec = dict(meta["learner"])
-    resolved = (meta.get("learner_shapes") or {}).get("mode")
-    if spec.get("vpt_mode", "auto") == "auto" and resolved:
-        spec["vpt_mode"] = resolved  # the form it was tuned with, whatever auto picks today
-    names = attach(model, spec)
+    names = attach(model, recorded_spec(meta))
     load_adapter_weights(model, path, names)
     model.eval()
     return meta

@@ -18,12 +18,15 @@ import torch
 import torch.distributed as dist
 
 from .adapters import (
+    ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     METHODS,
     attach,
     decoder_parameter_names,
     load_adapter_weights,
     parameter_stats,
+    read_adapter_config,
+    recorded_spec,
     save_adapter,
     state_dict_sha256,
 )
@@ -224,6 +227,9 @@ def tune(cfg: TuneConfig) -> Path:
     model, mcfg, base_ref = _base_model(cfg, out, rank, world)
     base = {"model": base_ref, "name": mcfg.name, "sha256": state_dict_sha256(model)}
     spec = cfg.learner_spec()
+    last = out / "last" / ADAPTER_CONFIG
+    if cfg.resume and last.is_file():  # resume with the learner form that run was started with
+        spec = recorded_spec(read_adapter_config(last.parent), spec)
     torch.manual_seed(cfg.seed)  # the learner's init does not depend on how the base was built
     names = attach(model, spec)
     model.to(device)

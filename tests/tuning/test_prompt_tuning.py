@@ -442,3 +442,19 @@ def test_prompted_model_is_safe_to_call_from_several_threads(cnn_cfg):
         got = list(pool.map(lambda im: seg2.segment(im, "the liver").probs, images * 3))
     for i, g in enumerate(got):
         np.testing.assert_array_equal(g, want[i % len(images)])
+
+
+def test_resumed_run_keeps_the_visual_prompt_form_it_started_with(cnn_cfg, tiny_data, tmp_path):
+    """A MaPLe run begun with the pixel form (what "auto" meant on CNN towers before) resumes
+    with it, though "auto" now picks the stage shift."""
+    torch.manual_seed(0)
+    mcfg = model_config(cnn_cfg)
+    base = save_checkpoint(build_model(mcfg), mcfg, tmp_path / "base")
+    first = _tune_cfg("maple", base, tiny_data, tmp_path / "run", max_steps=None, deep=False)
+    first.vpt_mode, first.epochs, first.eval_split = "pixels", 1, None
+    tune(first)
+    resumed = _tune_cfg("maple", base, tiny_data, tmp_path / "run", max_steps=None, deep=False)
+    resumed.epochs, resumed.eval_split = 2, None  # vpt_mode "auto"
+    out = tune(resumed)
+    meta = yaml.safe_load((out / "last" / "adapter.yaml").read_text())
+    assert meta["learner_shapes"]["mode"] == "pixels" and meta["epoch"] == 1
