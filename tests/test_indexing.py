@@ -117,3 +117,12 @@ def test_index_of_a_model_built_in_code_asks_for_the_model(tiny_ckpt, tiny_data,
         _index_model(None, str(tmp_path / "idx"))
     # naming a checkpoint with the same weights works
     assert _index_model(str(tiny_ckpt), str(tmp_path / "idx")).name == "tiny-test"
+
+
+def test_captioned_images_gives_one_record_per_image(tiny_data):
+    from vlseg.data.manifest import captioned_images, read_manifest
+
+    pairs = captioned_images(tiny_data, "train")
+    images = [r.image for r in pairs]
+    assert len(images) == len(set(images)) and all(r.caption for r in pairs)
+    assert set(images) == {r.image for r in read_manifest(tiny_data, "train") if r.caption}

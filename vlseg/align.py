@@ -27,7 +27,7 @@ from tqdm import tqdm
 from .checkpoint import load_checkpoint, resolve, save_checkpoint
 from .config import load_yaml, save_yaml, to_dict
 from .data.io import load_image, write_json
-from .data.manifest import read_manifest
+from .data.manifest import captioned_images
 from .losses import clip_loss
 from .registry import model_config
 
@@ -76,16 +76,6 @@ def _vision_head(model) -> torch.nn.Module:
             "for this tower train the embedding with `vlseg train` and train_only"
         )
     return head
-
-
-def _pairs(data: str, split: str) -> tuple[list[Path], list[str]]:
-    seen: dict[Path, str] = {}
-    for r in read_manifest(data, split):
-        if r.caption and r.image not in seen:
-            seen[r.image] = r.caption
-    if not seen:
-        raise ValueError(f"no captioned images in {data} (split={split}); align needs captions")
-    return list(seen), list(seen.values())
 
 
 @torch.no_grad()
@@ -155,7 +145,8 @@ def align(cfg: AlignConfig) -> Path:
 
     splits = {}
     for name in (cfg.split, cfg.val_split):
-        images, captions = _pairs(cfg.data, name)
+        pairs = captioned_images(cfg.data, name)
+        images, captions = [r.image for r in pairs], [r.caption for r in pairs]
         distinct = sorted(set(captions))
         splits[name] = {
             "feats": _head_inputs(model, images, mcfg.image_size, cfg, device),

@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .data.io import write_json
-from .data.manifest import read_manifest
+from .data.manifest import captioned_images
 
 MODEL_RECORD = "model.json"
 
@@ -27,7 +27,7 @@ def model_record(segmenter) -> dict:
     shapes its embeddings (adapter tensors included)."""
     from .adapters import state_dict_sha256
 
-    source = getattr(segmenter, "source", None)
+    source = segmenter.source
     return {
         "model": source.get("model") if source else None,
         "adapter": source.get("adapter") if source else None,
@@ -75,19 +75,12 @@ def check_index_model(segmenter, index_dir) -> None:
         )
 
 
-def _pairs(data, split):
-    seen = {}
-    for r in read_manifest(data, split):
-        if r.caption and r.image not in seen:
-            seen[r.image] = {
-                "image": str(r.image),
-                "caption": r.caption,
-                "label": r.label,
-                "modality": r.modality,
-            }
-    if not seen:
-        raise ValueError(f"no captioned images in {data} (split={split})")
-    return list(seen.values())
+def _pairs(data, split) -> list[dict]:
+    """Index metadata rows: one per captioned image."""
+    return [
+        {"image": str(r.image), "caption": r.caption, "label": r.label, "modality": r.modality}
+        for r in captioned_images(data, split)
+    ]
 
 
 def embed_images(

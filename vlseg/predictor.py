@@ -143,6 +143,9 @@ class Segmenter:
         self._features: ImageFeatures | None = None
         self.encoder_calls = 0  # how many times the image encoder ran (for tests and benchmarks)
         self._class_cache: dict[tuple, np.ndarray] = {}
+        # how to load this model again, {"model", "adapter"} (set by ``load``; recorded by
+        # retrieval indexes built with it); None for a Segmenter built in code
+        self.source: dict[str, str | None] | None = None
         # Prompt learners insert their prompts through forward hooks on shared modules, so two
         # threads running the same prompted model at once (the chat app serves two requests
         # concurrently) would each see the other's hooks: such models run one call at a time.
@@ -361,6 +364,5 @@ def load(
     model, cfg, meta = resolve(name_or_path, adapter=adapter)
     name = cfg.name if adapter is None else f"{cfg.name}+{meta['adapter']['method']}"
     seg = Segmenter(model, image_size=cfg.image_size, threshold=threshold, device=device, name=name)
-    # how to load this model again (recorded by indexes built with it)
     seg.source = {"model": _where(name_or_path), "adapter": _where(adapter)}
     return seg

@@ -156,6 +156,22 @@ def read_manifest(path: str | os.PathLike[str], split: str | None = None) -> lis
     return records
 
 
+def captioned_images(path: str | os.PathLike[str], split: str | None = None) -> list[Record]:
+    """One record per distinct image that has a caption (its first in file order): the
+    image-caption pairs of a dataset, for retrieval indexes and contrastive alignment.
+
+    Raises:
+        ValueError: no record of ``split`` carries a caption.
+    """
+    seen: dict[Path, Record] = {}
+    for r in read_manifest(path, split):
+        if r.caption and r.image not in seen:
+            seen[r.image] = r
+    if not seen:
+        raise ValueError(f"no captioned images in {path} (split={split})")
+    return list(seen.values())
+
+
 def _read_jsonl(path: Path) -> list[Record]:
     records: list[Record] = []
     problems: list[str] = []
