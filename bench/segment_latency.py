@@ -5,13 +5,17 @@ All contestants run in one process, on the same device and input size, under
 depend on weight values). CLIPSeg gets pre-tokenized ids (open_clip's CLIP BPE, the same vocab
 as CLIPSeg's CLIPTokenizer), so its tokenization is excluded; our raw-model rows exclude it too,
 while the ``Segmenter`` rows (the user-facing API) include tokenization and post-processing.
+Each of our rows is timed call by call in alternation with the CLIPSeg it is compared with (the
+machine's speed drifts by several percent within minutes); ``Segmenter`` rows come in two
+layouts: channels-last (its default) and ``*_nchw`` (``channels_last=False``, the baseline).
 
-    python bench/segment_latency.py --repeats 20 --warmup 3 --json runs/bench/latency.json
+    python bench/segment_latency.py --repeats 30 --warmup 5 --threads 1 --json OUT.json
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import statistics
@@ -38,19 +42,22 @@ PROMPT = "the hepatic lesion"
 PHANTOM_IMAGE = 256  # phantom-tiny is timed at its own input size on a 256x256 image
 
 
-def timed(fn, warmup: int, repeats: int, device: torch.device) -> float:
-    """Median wall time of ``fn()`` in ms after ``warmup`` untimed calls."""
+def timed_interleaved(fns: dict, warmup: int, repeats: int, device: torch.device) -> dict:
+    """Wall times in ms of each ``fn()`` (a list per name), the functions called in turn each
+    round, so that a slow phase of this shared machine hits every contestant alike."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        fn()
-    times = []
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+        for k, fn in fns.items():
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times[k].append((time.perf_counter() - t0) * 1e3)
+    return times
 
 
 def clipseg_config(patch16: bool) -> CLIPSegConfig:
@@ -71,23 +78,19 @@ def clipseg_config(patch16: bool) -> CLIPSegConfig:
     return CLIPSegConfig(text_config=text.to_dict(), vision_config=vision.to_dict())
 
 
-def bench_clipseg(patch16: bool, size: int, ids: torch.Tensor, a) -> float:
+def clipseg_forward(patch16: bool, size: int, ids: torch.Tensor, a):
+    """A no-argument function running CLIPSeg's full forward on one image and prompt."""
     model = CLIPSegForImageSegmentation(clipseg_config(patch16)).to(a.device).eval()
     pixels = torch.randn(1, 3, size, size, device=a.device)
     ids = ids.to(a.device)
     mask = torch.ones_like(ids)
     # interpolate_pos_encoding=True (the default) resizes position embeddings for size != 224
-    return timed(
-        lambda: model(
-            input_ids=ids, attention_mask=mask, pixel_values=pixels, interpolate_pos_encoding=True
-        ),
-        a.warmup,
-        a.repeats,
-        a.device,
+    return lambda: model(
+        input_ids=ids, attention_mask=mask, pixel_values=pixels, interpolate_pos_encoding=True
     )
 
 
-def bench_ours(size: int, a) -> dict[str, float]:
+def bench_ours(size: int, a, reference: dict) -> dict[str, list[float]]:
     cfg = model_config("openai-clip-vit-b-16")
     cfg.image_size = size
     model = build_model(cfg).to(a.device).eval()
@@ -100,36 +103,63 @@ def bench_ours(size: int, a) -> dict[str, float]:
         "ours_first": lambda: model.decode(model.encode_image(x), model.encode_text(ids, mask)),
         "ours_followup": lambda: model.decode(feats, model.encode_text(ids, mask)),
     }
-    out = {k: timed(fn, a.warmup, a.repeats, a.device) for k, fn in rows.items()}
-    seg = Segmenter(model, image_size=size, device=a.device, name=cfg.name)
-    out.update(segmenter_rows("ours_seg", seg, np.zeros((size, size, 3), np.uint8), a))
+    out = timed_interleaved({**reference, **rows}, a.warmup, a.repeats, a.device)
+    image = np.zeros((size, size, 3), np.uint8)
+    return merge(out, segmenter_rows("ours_seg", model, cfg, size, image, a, reference))
+
+
+def merge(a: dict[str, list[float]], b: dict[str, list[float]]) -> dict[str, list[float]]:
+    """Pool the samples of rows timed in several groups (the reference contestant)."""
+    out = {k: list(v) for k, v in a.items()}
+    for k, v in b.items():
+        out.setdefault(k, []).extend(v)
     return out
 
 
-def segmenter_rows(prefix: str, seg: Segmenter, image: np.ndarray, a) -> dict[str, float]:
-    """First prompt (set_image + segment) and a follow-up prompt on the cached image."""
+def segmenter_rows(
+    prefix: str, model, cfg, image_size: int, image: np.ndarray, a, reference: dict
+) -> dict[str, list[float]]:
+    """First prompt (set_image + segment) and a follow-up prompt on the cached image, for a
+    ``Segmenter`` in the default (NCHW, rows ``*_nchw``) and in the channels-last layout (its
+    default), each group timed in alternation with the ``reference`` contestants."""
+    segs = {
+        suffix: Segmenter(
+            copy.deepcopy(model),
+            image_size=image_size,
+            device=a.device,
+            name=cfg.name,
+            channels_last=cl,
+        )
+        for suffix, cl in (("_nchw", False), ("", True))
+    }
 
-    def first():
+    def first(seg):
         seg.set_image(image)
         seg.segment(text=PROMPT)
 
-    first_ms = timed(first, a.warmup, a.repeats, a.device)
-    seg.set_image(image)
-    calls = seg.encoder_calls
-    follow_ms = timed(lambda: seg.segment(text=PROMPT), a.warmup, a.repeats, a.device)
-    assert seg.encoder_calls == calls, "follow-up prompts must not re-run the image encoder"
-    return {f"{prefix}_first": first_ms, f"{prefix}_followup": follow_ms}
+    fns = {f"{prefix}_first{sfx}": (lambda s=seg: first(s)) for sfx, seg in segs.items()}
+    out = timed_interleaved({**reference, **fns}, a.warmup, a.repeats, a.device)
+    calls = {}
+    for sfx, seg in segs.items():
+        seg.set_image(image)
+        calls[sfx] = seg.encoder_calls
+    fns = {
+        f"{prefix}_followup{sfx}": (lambda s=seg: s.segment(text=PROMPT))
+        for sfx, seg in segs.items()
+    }
+    out = merge(out, timed_interleaved({**reference, **fns}, a.warmup, a.repeats, a.device))
+    for sfx, seg in segs.items():
+        assert seg.encoder_calls == calls[sfx], "follow-ups must not re-run the image encoder"
+    return out
 
 
-def bench_phantom(a) -> dict[str, float]:
+def bench_phantom(a, reference: dict) -> tuple[dict[str, list[float]], dict]:
     model, cfg, meta = resolve("phantom-tiny")
-    seg = Segmenter(model, image_size=cfg.image_size, device=a.device, name=cfg.name)
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (PHANTOM_IMAGE, PHANTOM_IMAGE), dtype=np.uint8)
-    out = segmenter_rows("phantom_seg", seg, image, a)
-    out["phantom_random_init"] = bool(meta.get("random_init", False))
-    out["phantom_image_size"] = cfg.image_size
-    return out
+    out = segmenter_rows("phantom_seg", model, cfg, cfg.image_size, image, a, reference)
+    info = {"phantom_random_init": bool(meta.get("random_init", False))}
+    return out, {**info, "phantom_image_size": cfg.image_size}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -151,14 +181,17 @@ def main(argv: list[str] | None = None) -> dict:
     n_real = int((ids[0] == tokenizer.eot_token_id).nonzero()[0]) + 1
     ids = ids[:, :n_real]  # what CLIPSeg's processor gives with padding=True: <sot> ... <eot>
 
+    # Each of our rows is timed in alternation with the CLIPSeg it is compared with; the
+    # CLIPSeg medians pool its samples from every group it ran in.
     with torch.inference_mode():
-        ms: dict = {
-            "clipseg_default_full": bench_clipseg(False, a.size, ids, a),
-            "clipseg_b16_full": bench_clipseg(True, a.size, ids, a),
-        }
-        ms.update(bench_ours(a.size, a))
-        ms.update(bench_phantom(a))
-    info = {k: ms.pop(k) for k in ("phantom_random_init", "phantom_image_size")}
+        b16 = {"clipseg_b16_full": clipseg_forward(True, a.size, ids, a)}
+        samples = bench_ours(a.size, a, b16)
+        default = {"clipseg_default_full": clipseg_forward(False, a.size, ids, a)}
+        phantom, info = bench_phantom(a, default)
+        samples = merge(samples, phantom)
+    order = ["clipseg_default_full", "clipseg_b16_full"]
+    order += [k for k in samples if k not in order]
+    ms = {k: statistics.median(samples[k]) for k in order}
 
     ratios = {
         "clipseg_b16_full / ours_followup (raw)": ms["clipseg_b16_full"] / ms["ours_followup"],
@@ -169,6 +202,14 @@ def main(argv: list[str] | None = None) -> dict:
         / ms["phantom_seg_followup"],
         "ours_first / ours_followup (raw)": ms["ours_first"] / ms["ours_followup"],
         "ours_seg_first / ours_seg_followup": ms["ours_seg_first"] / ms["ours_seg_followup"],
+        # speed-up of the channels-last layout (Segmenter's default) over the default layout
+        "phantom first: nchw / channels-last": ms["phantom_seg_first_nchw"]
+        / ms["phantom_seg_first"],
+        "phantom follow-up: nchw / channels-last": ms["phantom_seg_followup_nchw"]
+        / ms["phantom_seg_followup"],
+        "ViT-B/16 first: nchw / channels-last": ms["ours_seg_first_nchw"] / ms["ours_seg_first"],
+        "ViT-B/16 follow-up: nchw / channels-last": ms["ours_seg_followup_nchw"]
+        / ms["ours_seg_followup"],
     }
     machine = {
         "device": str(a.device),
@@ -199,7 +240,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\n{'ratio':<46}{'value':>8}  target")
     for k, v in ratios.items():
         target = ">= 10x" if k.startswith("clipseg") else ""
-        print(f"{k:<46}{v:>7.1f}x  {target}")
+        print(f"{k:<46}{v:>7.2f}x  {target}")
 
     result = {"machine": machine, "settings": settings, "median_ms": ms, "ratios": ratios}
     if a.json:

@@ -103,6 +103,25 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path):
     assert cfg2 == cfg
 
 
+def test_channels_last_layout_gives_the_same_answers(tmp_path):
+    torch.manual_seed(0)
+    cfg = model_config("tiny-test")
+    model = build_model(cfg).eval()
+    ref = Segmenter(model, image_size=cfg.image_size, channels_last=False)
+    ref_out = ref.segment(_ct(), ["the liver", "the spleen"])
+    assert all(p.is_contiguous() for p in model.parameters())
+    fast = Segmenter(model, image_size=cfg.image_size)  # channels-last is the default
+    conv = model.decoder.fuse[0][0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    for a, b in zip(ref_out, fast.segment(_ct(), ["the liver", "the spleen"]), strict=True):
+        np.testing.assert_allclose(a.probs, b.probs, atol=1e-5)
+        assert abs(a.score - b.score) < 1e-5
+    # a model converted in place still saves (safetensors needs contiguous tensors) and reloads
+    save_checkpoint(model, cfg, tmp_path / "ckpt")
+    again = vlseg.load(tmp_path / "ckpt").segment(_ct(), "the liver")
+    np.testing.assert_allclose(again.probs, ref_out[0].probs, atol=1e-5)
+
+
 def test_load_unknown_name_lists_available():
     with pytest.raises(ValueError, match="available: .*tiny-test"):
         vlseg.load("not-a-model")

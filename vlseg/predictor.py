@@ -123,6 +123,9 @@ class Segmenter:
         threshold: probability threshold for masks and presence.
         device: torch device (default: CUDA when available).
         name: model name for display.
+        channels_last: run convolutions on channels-last (NHWC) tensors, which oneDNN and
+            cuDNN execute faster than the default layout (the model's 4-D weights are converted
+            in place; results agree to float rounding).
     """
 
     def __init__(
@@ -133,9 +136,12 @@ class Segmenter:
         threshold: float = 0.5,
         device: str | torch.device | None = None,
         name: str = "custom",
+        channels_last: bool = True,
     ):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model.to(memory_format=self.memory_format)
         self.image_size = image_size
         self.threshold = threshold
         self.name = name
@@ -168,7 +174,7 @@ class Segmenter:
             normalize(resize_image(image_to_tensor(im.rgb), self.image_size), vis.mean, vis.std)
             for im in images
         ]
-        return torch.stack(batch).to(self.device)
+        return torch.stack(batch).to(self.device).contiguous(memory_format=self.memory_format)
 
     @torch.no_grad()
     def _encode(self, images: Sequence[LoadedImage]) -> ImageFeatures:
