@@ -404,6 +404,11 @@ def main(argv=None) -> int:
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--work", default="runs/bench/prompt_tuning", help="datasets and runs")
     p.add_argument("--json", default=None, help="results JSON (default WORK/results.json)")
+    p.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="only write the source and shifted datasets (e.g. for `vlseg tune --data`), then stop",
+    )
     args = p.parse_args(argv)
 
     work = Path(args.work)
@@ -416,6 +421,9 @@ def main(argv=None) -> int:
         shifted = make_vocab_shifted(source, work / f"{source.name}_vocab")
     else:
         shifted = make_shifted(source, work / f"{source.name}_shifted")
+    if args.prepare_only:
+        print(f"source dataset: {source}\nshifted dataset: {shifted}")
+        return 0
     base = base_checkpoint(args.model, work, args.seed)
     seg = vlseg.load(str(base))
     base_params = sum(p.numel() for p in seg.model.parameters())

@@ -283,6 +283,9 @@ def test_similar_with_a_real_retrieval_index(service, phantom_pngs, tmp_path):
     meta = [{"image": str(p), "caption": f"case {p.stem}"} for p in paths]
     Index.build(emb, meta).save(tmp_path / "index")
     service.index = load_index(tmp_path / "index")  # what `--index DIR` does
+    # the directory `vlseg index build --out DIR` writes (images/ + texts/) serves its images/
+    Index.build(emb, meta).save(tmp_path / "built" / "images")
+    assert load_index(tmp_path / "built").ntotal == 2
     session = ChatSession()
     service.respond(session, "", [str(phantom_pngs["ct"])])
     out = service.respond(session, "find similar cases")

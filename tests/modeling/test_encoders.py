@@ -273,6 +273,18 @@ def test_bad_specs():
         known_config("no-such-model")
 
 
+def test_text_tower_missing_from_the_offline_hub_names_it_and_the_fix():
+    from huggingface_hub import try_to_load_from_cache
+
+    spec = known_config("biomedclip-vit-b-16")
+    repo = spec["config"]["text_cfg"]["hf_model_name"]
+    if isinstance(try_to_load_from_cache(repo, "config.json"), str):
+        pytest.skip(f"{repo} is in this machine's hub cache")
+    with pytest.raises(OSError, match="needs microsoft/BiomedNLP.* from the Hugging Face hub") as e:
+        build_towers(spec)
+    assert "hf_model_name" in str(e.value) and "local directory" in str(e.value)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("which", ["ViT-B-16", "dermlip-vit-b-16", "biomedclip-vit-b-16"])
 def test_named_configs_build_at_224(which):

@@ -370,9 +370,14 @@ class ChatService:
 
 def load_index(index: Any) -> Any:
     """A retrieval index: an object with ``search_meta`` is returned as is, a path is loaded with
-    ``retrieval.Index.load`` (needs faiss), None stays None."""
+    ``retrieval.Index.load`` (needs faiss), None stays None. A directory written by ``vlseg
+    index build`` (``images/`` and ``texts/``) gives its image index, which the chat searches."""
     if index is None or callable(getattr(index, "search_meta", None)):
         return index
     from retrieval import Index
+    from retrieval.store import MARKER
 
-    return Index.load(index)
+    path = Path(index)
+    if not (path / MARKER).is_file() and (path / "images" / MARKER).is_file():
+        path = path / "images"
+    return Index.load(path)

@@ -182,6 +182,24 @@ def _create_from_config(
     return model
 
 
+@contextlib.contextmanager
+def _hub_errors(hub_names: list[str]):
+    """Turn "could not reach the Hugging Face hub" into an error that names what was needed and
+    how to provide it offline."""
+    try:
+        yield
+    except OSError as exc:
+        if not hub_names:
+            raise
+        raise OSError(
+            f"this model needs {', '.join(hub_names)} from the Hugging Face hub, which could not "
+            "be loaded (offline, or not in the local cache). Download it on a machine with "
+            "network access (e.g. `hf download <repo> --local-dir DIR`) and point the model "
+            "config at the local directory (text_cfg.hf_model_name / hf_tokenizer_name, as "
+            f"phantom-tiny does with MiniLM). Original error: {exc}"
+        ) from exc
+
+
 def build_towers(
     clip: dict[str, Any],
     *,
@@ -219,8 +237,9 @@ def build_towers(
 
     if "name" in clip:
         name = clip["name"]
-        model = open_clip.create_model(name, pretrained=pretrained, force_image_size=image_size)
-        tokenizer = open_clip.get_tokenizer(name)
+        with _hub_errors([name] if str(name).startswith("hf-hub:") else []):
+            model = open_clip.create_model(name, pretrained=pretrained, force_image_size=image_size)
+            tokenizer = open_clip.get_tokenizer(name)
         context_length = int(tokenizer.context_length or DEFAULT_CONTEXT_LENGTH)
     else:
         cfg = copy.deepcopy(clip["config"])
@@ -229,8 +248,12 @@ def build_towers(
             raise ValueError(f"clip config lacks {sorted(missing)}")
         cfg["text_cfg"] = _resolve_text_cfg(cfg["text_cfg"])
         preprocess = dict(clip.get("preprocess") or {})
-        model = _create_from_config(cfg, preprocess, pretrained=pretrained, image_size=image_size)
-        tokenizer, context_length = _make_tokenizer(cfg["text_cfg"])
+        hub = {cfg["text_cfg"].get(k) for k in ("hf_model_name", "hf_tokenizer_name")}
+        with _hub_errors(sorted(n for n in hub if n and not Path(n).exists())):
+            model = _create_from_config(
+                cfg, preprocess, pretrained=pretrained, image_size=image_size
+            )
+            tokenizer, context_length = _make_tokenizer(cfg["text_cfg"])
 
     pp = getattr(model.visual, "preprocess_cfg", {})
     embed_dim = _embed_dim(model)
