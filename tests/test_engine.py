@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from vlseg.cli import main as cli_main
@@ -107,6 +108,14 @@ def test_cli_train_eval_predict(tiny_data, tmp_path, capsys):
     assert mask.shape == np.asarray(Image.open(img)).shape[:2]
     assert set(np.unique(mask)) <= {0, 255}
     assert "mask written" in capsys.readouterr().out
+    # the checkpoint records the words of its training prompts; predict names others
+    vocab = yaml.safe_load((ckpt / "config.yaml").read_text())["vocabulary"]
+    assert {"liver", "kidney"} <= set(vocab) and "the" not in vocab
+    args = ["predict", "--model", str(ckpt), "--image", str(img), "--out", str(tmp_path / "m2.png")]
+    assert cli_main([*args, "--text", "the hepar"]) == 0
+    assert "not trained on 'hepar'" in capsys.readouterr().err
+    assert cli_main([*args, "--text", "the liver"]) == 0
+    assert "not trained on" not in capsys.readouterr().err
 
 
 def test_unknown_train_override_is_rejected(capsys):

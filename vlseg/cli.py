@@ -118,6 +118,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     area = f"{res.area_px} px" + (f" = {res.area_mm2:.1f} mm^2" if res.area_mm2 else "")
     verdict = f"found: {area}, {res.n_components} component(s)" if res.present else "not found"
     print(f"{args.text!r}: {verdict} (presence {res.score:.3f}); mask written to {args.out}")
+    if res.unfamiliar:
+        print(
+            f"note: the model was not trained on {', '.join(map(repr, res.unfamiliar))}; the "
+            "answer may not reflect it; if it looks wrong, rephrase with common terms",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -247,6 +253,24 @@ def _cmd_eval_retrieval(args: argparse.Namespace) -> int:
     )
     if args.out:
         write_json(args.out, res)
+    return 0
+
+
+def _cmd_vocabulary(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from vlseg.config import load_yaml, save_yaml
+    from vlseg.data.manifest import read_manifest
+    from vlseg.vocabulary import vocabulary_of
+
+    cfg_path = Path(args.into) / "config.yaml"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{args.into} holds no config.yaml; give a checkpoint directory")
+    records = read_manifest(args.data, args.split)
+    meta = load_yaml(cfg_path)
+    meta["vocabulary"] = vocabulary_of(t for r in records for t in r.prompts)
+    save_yaml(meta, cfg_path)
+    print(f"{cfg_path}: {len(meta['vocabulary'])} words from {len(records)} {args.split} records")
     return 0
 
 
@@ -381,6 +405,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", required=True)
     p.add_argument("--out", help="metrics JSON path")
     p.set_defaults(func=_cmd_eval_retrieval)
+
+    p = sub.add_parser(
+        "vocabulary",
+        help="record the words of a dataset's prompts in a checkpoint (answers then name the "
+        "prompt words the model never saw)",
+    )
+    p.add_argument("--data", required=True, help="the manifest dataset the model was trained on")
+    p.add_argument("--split", default="train")
+    p.add_argument("--into", required=True, help="checkpoint directory")
+    p.set_defaults(func=_cmd_vocabulary)
 
     p = sub.add_parser("serve", help="start the chat app (Gradio)")
     p.add_argument("--model", default=None, help="name or checkpoint dir (default phantom-tiny)")

@@ -29,6 +29,7 @@ from .data.manifest import ManifestDataset, collate
 from .losses import clip_loss, mask_loss
 from .metrics import SegmentationMeter, binary_auroc
 from .registry import build_model, model_config
+from .vocabulary import vocabulary_of
 
 
 def _dist_setup() -> tuple[int, int, torch.device]:
@@ -187,8 +188,10 @@ def train(cfg: TrainConfig) -> Path:
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         save_yaml(to_dict(cfg), out / "train_config.yaml")
+    init_vocabulary = None
     if cfg.init:
-        model, mcfg, _ = load_checkpoint(cfg.init, overrides=cfg.model_overrides)
+        model, mcfg, init_meta = load_checkpoint(cfg.init, overrides=cfg.model_overrides)
+        init_vocabulary = init_meta.get("vocabulary")
     else:
         mcfg = model_config(cfg.model)
         if cfg.model_overrides:
@@ -197,9 +200,13 @@ def train(cfg: TrainConfig) -> Path:
     model.word_dropout, model.sentence_only = cfg.word_dropout, cfg.sentence_only
     model.to(device)
     ds, val_ds = make_datasets(cfg, model, mcfg.image_size)
+    # the words the model learns to ground (see vlseg.vocabulary), kept with every checkpoint
+    vocabulary = vocabulary_of(
+        [*(init_vocabulary or []), *(t for r in ds.records for t in r.prompts)]
+    )
 
     def save(path: Path, extra: dict) -> None:
-        save_checkpoint(model, mcfg, path, extra=extra)
+        save_checkpoint(model, mcfg, path, extra={**extra, "vocabulary": vocabulary})
 
     def restore(path: Path) -> None:
         last, _, _ = load_checkpoint(path)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ from scipy import ndimage
 from .data.io import LoadedImage, load_image
 from .data.transforms import image_to_tensor, normalize, resize_image
 from .modeling.vlseg import ImageFeatures, VLSegModel
+from .vocabulary import unfamiliar
 
 MAX_TEXT_CHARS = 1000
 
@@ -34,6 +35,8 @@ class SegmentationResult:
         area_px: foreground pixels of ``mask``.
         area_mm2: area in mm^2 when the pixel spacing is known, else None.
         n_components: connected components (8-connectivity) of ``mask``.
+        unfamiliar: words of ``text`` that the model's training prompts never used (empty when
+            the model records no vocabulary): the answer may not reflect them.
     """
 
     text: str
@@ -44,13 +47,15 @@ class SegmentationResult:
     area_px: int
     area_mm2: float | None
     n_components: int
+    unfamiliar: list[str] = field(default_factory=list)
 
     def __repr__(self) -> str:
         where = f"{self.area_px} px" + (f" ({self.area_mm2:.1f} mm^2)" if self.area_mm2 else "")
         verdict = (
             f"present, {where}, {self.n_components} component(s)" if self.present else ("not found")
         )
-        return f"SegmentationResult({self.text!r}: {verdict}, score={self.score:.3f})"
+        new = f", unfamiliar words: {', '.join(self.unfamiliar)}" if self.unfamiliar else ""
+        return f"SegmentationResult({self.text!r}: {verdict}, score={self.score:.3f}{new})"
 
 
 @dataclass
@@ -126,6 +131,8 @@ class Segmenter:
         channels_last: run convolutions on channels-last (NHWC) tensors, which oneDNN and
             cuDNN execute faster than the default layout (the model's 4-D weights are converted
             in place; results agree to float rounding).
+        vocabulary: the words of the model's training prompts (``vlseg.vocabulary``); each
+            result then names the prompt's words outside it. None (default): not known.
     """
 
     def __init__(
@@ -137,11 +144,13 @@ class Segmenter:
         device: str | torch.device | None = None,
         name: str = "custom",
         channels_last: bool = True,
+        vocabulary: Iterable[str] | None = None,
     ):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
+        self.vocabulary = None if vocabulary is None else frozenset(vocabulary)
         self.image_size = image_size
         self.threshold = threshold
         self.name = name
@@ -336,6 +345,7 @@ class Segmenter:
             area_px=area,
             area_mm2=mm2,
             n_components=n_comp,
+            unfamiliar=unfamiliar(text, self.vocabulary),
         )
 
 
@@ -369,6 +379,16 @@ def load(
 
     model, cfg, meta = resolve(name_or_path, adapter=adapter)
     name = cfg.name if adapter is None else f"{cfg.name}+{meta['adapter']['method']}"
-    seg = Segmenter(model, image_size=cfg.image_size, threshold=threshold, device=device, name=name)
+    vocabulary = meta.get("vocabulary")  # unknown (None) for a checkpoint that records none
+    if vocabulary is not None and adapter is not None:
+        vocabulary = [*vocabulary, *(meta["adapter"].get("vocabulary") or [])]
+    seg = Segmenter(
+        model,
+        image_size=cfg.image_size,
+        threshold=threshold,
+        device=device,
+        name=name,
+        vocabulary=vocabulary,
+    )
     seg.source = {"model": _where(name_or_path), "adapter": _where(adapter)}
     return seg

@@ -43,6 +43,7 @@ from .config import (
 from .data.io import write_json
 from .data.manifest import ManifestDataset, Record, read_manifest
 from .engine import _dist_setup, evaluate, fit, make_datasets
+from .vocabulary import vocabulary_of
 
 VPT_MODES = ("auto", "tokens", "pixels", "features")
 # TuneConfig fields that define the learner (recorded in adapter.yaml, needed to rebuild it)
@@ -237,7 +238,13 @@ def tune(cfg: TuneConfig) -> Path:
     records = few_shot_records(cfg.data, cfg.train_split, cfg.limit, cfg.seed)
     ds, val_ds = make_datasets(loop, model, mcfg.image_size, train_records=records)
     stats = parameter_stats(model, names)
-    info = {"limit": cfg.limit, "n_images": len({r.image for r in records}), "data": cfg.data}
+    info = {
+        "limit": cfg.limit,
+        "n_images": len({r.image for r in records}),
+        "data": cfg.data,
+        # words the adapter was tuned on: they add to the base model's (vlseg.vocabulary)
+        "vocabulary": vocabulary_of(t for r in records for t in r.prompts),
+    }
     if rank == 0:
         print(
             f"{cfg.method}: {stats['trainable']:,} trainable parameters "

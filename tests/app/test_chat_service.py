@@ -291,3 +291,19 @@ def test_similar_with_a_real_retrieval_index(service, phantom_pngs, tmp_path):
     out = service.respond(session, "find similar cases")
     assert "1. case ct (similarity 1.000)" in out.reply and "2. case derm" in out.reply
     assert len(out.attachments) == 2
+
+
+@pytest.mark.parametrize("text", ["the hepar", "where is the lien?"])
+def test_unknown_word_in_a_chat_reply(text, eager_seg, tmp_path, phantom_pngs):
+    from vlseg.predictor import Segmenter
+
+    seg = Segmenter(eager_seg.model, image_size=eager_seg.image_size, vocabulary=["liver"])
+    service = ChatService(seg, workdir=tmp_path / "work")
+    try:
+        out = service.respond(ChatSession(), text, [str(phantom_pngs["ct"])])
+        word = text.split()[-1].strip("?")
+        assert f"not trained on the word *{word}*" in out.reply and "rephrase" in out.reply
+        out = service.respond(ChatSession(), "the liver", [str(phantom_pngs["ct"])])
+        assert "not trained on" not in out.reply
+    finally:
+        service.close()

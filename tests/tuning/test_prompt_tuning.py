@@ -261,6 +261,23 @@ def test_train_decoder_adapter_holds_the_decoder_and_resumes(base_ckpt, tiny_dat
     assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3, 4]
 
 
+def test_adapter_vocabulary_adds_to_the_base_vocabulary(tiny_data, tmp_path):
+    torch.manual_seed(0)
+    cfg = model_config("tiny-test")
+    base = save_checkpoint(build_model(cfg), cfg, tmp_path / "base", extra={"vocabulary": ["zz"]})
+    rc = cli_main(
+        ["tune", "--config", str(REPO / "configs/tune/coop.yaml"), "--model", str(base),
+         "--data", str(tiny_data), f"out={tmp_path / 'r'}", "limit=4", "max_steps=1",
+         "batch_size=4", "num_workers=0", "val_limit=4", "eval_limit=4"]
+    )  # fmt: skip
+    assert rc == 0
+    meta = yaml.safe_load((tmp_path / "r" / "best" / "adapter.yaml").read_text())
+    assert "liver" in meta["vocabulary"] and "zz" not in meta["vocabulary"]
+    seg = vlseg.load(base, adapter=tmp_path / "r" / "best")
+    assert {"zz", "liver"} <= seg.vocabulary
+    assert seg.segment(np.zeros((64, 64), np.uint8), "zz liver hepar").unfamiliar == ["hepar"]
+
+
 def test_mismatched_base_is_refused(base_ckpt, tiny_data, tmp_path):
     out = tune(_tune_cfg("coop", base_ckpt, tiny_data, tmp_path / "t", eval_split=None))
     torch.manual_seed(1)

@@ -84,6 +84,22 @@ def describe(r: SegmentationResult) -> str:
     return f"{name}: area {area_text(r)}, {comps} (presence {r.score:.2f})"
 
 
+def unfamiliar_note(results: list[SegmentationResult]) -> str | None:
+    """A caution naming prompt words the model never saw in training, or None."""
+    words: list[str] = []
+    for r in results:
+        words += [w for w in r.unfamiliar if w not in words]
+    if not words:
+        return None
+    listed = ", ".join(f"*{md_escape(w)}*" for w in words[:8])
+    several = len(words) > 1
+    return (
+        f"_Note: this model was not trained on the word{'s' if several else ''} {listed}, so "
+        f"the answer may not reflect {'them' if several else 'it'}. If it looks wrong, rephrase "
+        "with common terms (e.g. *the liver*, *the hepatic lesion*; type *help* for more)._"
+    )
+
+
 def file_path(f: Any) -> Any:
     if isinstance(f, dict):
         return f.get("path") or f.get("name")

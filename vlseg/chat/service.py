@@ -37,6 +37,7 @@ from .replies import (
     md_escape,
     readable_error,
     short_measure,
+    unfamiliar_note,
     unique_labels,
 )
 from .session import (
@@ -245,6 +246,9 @@ class ChatService:
                 "\n\n_Areas are in pixels because the pixel spacing is unknown; add e.g. "
                 "*spacing 0.8 mm* to a message to get mm²._"
             )
+        caution = unfamiliar_note(results)
+        if caution:
+            body += "\n\n" + caution
         shown = [f"{label} ({short_measure(r)})" for label, r in zip(labels, results, strict=True)]
         return TurnOutput(
             join_notes(notes, body),
