@@ -47,7 +47,10 @@ def test_align_swaps_the_head_and_keeps_every_other_weight(tiny_data, tmp_path):
     torch.manual_seed(0)
     old_yaml = _model_yaml(tmp_path / "avg.yaml", "avg", "linear")
     init = save_checkpoint(
-        build_model(model_config(old_yaml)), model_config(old_yaml), tmp_path / "init"
+        build_model(model_config(old_yaml)),
+        model_config(old_yaml),
+        tmp_path / "init",
+        extra={"vocabulary": "kidney liver"},
     )
     new_yaml = _model_yaml(tmp_path / "attn.yaml", "rot_attn", "none")
     cfg = AlignConfig(
@@ -79,6 +82,7 @@ def test_align_swaps_the_head_and_keeps_every_other_weight(tiny_data, tmp_path):
     model, mcfg, meta = load_checkpoint(out / "best")  # loads strictly with the new head
     assert mcfg.clip["config"]["vision_cfg"]["timm_pool"] == "rot_attn"
     assert meta["align"]["step"] in (6, 12)
+    assert meta["vocabulary"] == "kidney liver"  # segmentation weights unchanged: same words
 
 
 def test_align_rejects_towers_without_a_head_module(tiny_data, tmp_path):

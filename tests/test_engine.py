@@ -109,13 +109,20 @@ def test_cli_train_eval_predict(tiny_data, tmp_path, capsys):
     assert set(np.unique(mask)) <= {0, 255}
     assert "mask written" in capsys.readouterr().out
     # the checkpoint records the words of its training prompts; predict names others
-    vocab = yaml.safe_load((ckpt / "config.yaml").read_text())["vocabulary"]
+    vocab = yaml.safe_load((ckpt / "config.yaml").read_text())["vocabulary"].split()
     assert {"liver", "kidney"} <= set(vocab) and "the" not in vocab
     args = ["predict", "--model", str(ckpt), "--image", str(img), "--out", str(tmp_path / "m2.png")]
     assert cli_main([*args, "--text", "the hepar"]) == 0
     assert "not trained on 'hepar'" in capsys.readouterr().err
     assert cli_main([*args, "--text", "the liver"]) == 0
     assert "not trained on" not in capsys.readouterr().err
+    # fine-tuning a checkpoint that records no vocabulary: what it knows is unknown, so none
+    # is recorded (rather than only the fine-tuning data's words)
+    meta = yaml.safe_load((ckpt / "config.yaml").read_text())
+    del meta["vocabulary"]
+    (ckpt / "config.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+    out = train(_cfg(tiny_data, tmp_path / "ft", init=str(ckpt), max_steps=1))
+    assert "vocabulary" not in yaml.safe_load((out / "last" / "config.yaml").read_text())
 
 
 def test_unknown_train_override_is_rejected(capsys):

@@ -9,7 +9,7 @@ from vlseg.checkpoint import save_checkpoint
 from vlseg.cli import main as cli_main
 from vlseg.predictor import Segmenter
 from vlseg.registry import build_model, model_config
-from vlseg.vocabulary import unfamiliar, vocabulary_of, words
+from vlseg.vocabulary import parse, unfamiliar, vocabulary_of, words
 
 
 def _ct():
@@ -17,16 +17,27 @@ def _ct():
 
 
 def test_words_and_unfamiliar():
-    assert words("Segment the patient's LEFT kidney, 2nd-largest!") == [
-        "segment", "the", "patient's", "left", "kidney", "nd", "largest",
+    assert words("Segment the patient’s LEFT kidney, 2nd-largest L3 (T2)!") == [
+        "segment", "the", "patient", "left", "kidney", "largest",
     ]  # fmt: skip
+    assert words("the liver's lesion; hıgado हृदय") == [
+        "the", "liver", "lesion", "hıgado", "हृदय",
+    ]  # fmt: skip
+    assert words("hígado") == ["hígado"]  # decomposed accents are one word (NFC)
     vocab = vocabulary_of(["segment the liver", "the left kidney", "the liver"])
-    assert vocab == ["kidney", "left", "liver", "segment"]  # function words left out
-    known = frozenset(vocab)
+    assert vocab == "kidney left liver segment"  # function words left out
+    known = parse(vocab)
     assert unfamiliar("I need a mask of the hepar, please", known) == ["hepar"]
     assert unfamiliar("delineate the hepar and the Hepar", known) == ["delineate", "hepar"]
-    assert unfamiliar("segment the liver", known) == []
+    for ordinary in [
+        "segment the liver",
+        "I'd like a mask of the liver’s left kidney",
+        "what about the kidney as well, thanks",
+        "now the liver too",
+    ]:
+        assert unfamiliar(ordinary, known) == [], ordinary
     assert unfamiliar("anything at all", None) == []  # no recorded vocabulary: nothing flagged
+    assert parse(["a", "b"]) == parse("a b") == {"a", "b"} and parse(None) is None
 
 
 def test_segmenter_names_unfamiliar_words_only_with_a_vocabulary():
@@ -46,10 +57,17 @@ def test_cli_records_a_vocabulary_that_load_uses(tiny_data, tmp_path, capsys):
     cfg = model_config("tiny-test")
     ckpt = save_checkpoint(build_model(cfg), cfg, tmp_path / "ckpt")
     assert vlseg.load(ckpt).vocabulary is None  # recorded nothing: flags nothing
+    cfg_path = ckpt / "config.yaml"
+    meta = yaml.safe_load(cfg_path.read_text())
+    cfg_path.write_text(yaml.safe_dump({**meta, "vocabulary": "zz"}, sort_keys=False))
     assert cli_main(["vocabulary", "--data", str(tiny_data), "--into", str(ckpt)]) == 0
-    vocab = yaml.safe_load((ckpt / "config.yaml").read_text())["vocabulary"]
+    vocab = yaml.safe_load(cfg_path.read_text())["vocabulary"].split()
     assert "liver" in vocab and "hepar" not in vocab  # "the hepar" is a held-out wording
+    assert "zz" in vocab  # words already recorded are kept
     assert vlseg.load(ckpt).segment(_ct(), "the hepar").unfamiliar == ["hepar"]
+    args = ["vocabulary", "--data", str(tiny_data), "--into", str(ckpt), "--replace"]
+    assert cli_main(args) == 0
+    assert "zz" not in yaml.safe_load(cfg_path.read_text())["vocabulary"].split()
     assert cli_main(["vocabulary", "--data", str(tiny_data), "--into", str(tmp_path)]) == 2
     assert "holds no config.yaml" in capsys.readouterr().err
 

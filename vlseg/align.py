@@ -57,15 +57,16 @@ class AlignConfig:
 
 
 def _build(cfg: AlignConfig):
-    """(model, model config): ``model``'s architecture with ``init``'s weights outside the head."""
+    """(model, model config, recorded vocabulary): ``model``'s architecture with ``init``'s
+    weights outside the head."""
     if cfg.init is None:
         if cfg.model is None:
             raise ValueError("set init (a checkpoint dir) or model (a registered name)")
-        model, mcfg, _ = resolve(cfg.model)
-        return model, mcfg
+        model, mcfg, meta = resolve(cfg.model)
+        return model, mcfg, meta.get("vocabulary")
     overrides = None if cfg.model is None else to_dict(model_config(cfg.model))
-    model, mcfg, _ = load_checkpoint(cfg.init, overrides=overrides, rebuild=(HEAD,))
-    return model, mcfg
+    model, mcfg, meta = load_checkpoint(cfg.init, overrides=overrides, rebuild=(HEAD,))
+    return model, mcfg, meta.get("vocabulary")
 
 
 def _vision_head(model) -> torch.nn.Module:
@@ -134,7 +135,7 @@ def align(cfg: AlignConfig) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(to_dict(cfg), out / "align_config.yaml")
-    model, mcfg = _build(cfg)
+    model, mcfg, vocabulary = _build(cfg)
     model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -220,7 +221,10 @@ def align(cfg: AlignConfig) -> Path:
         model.logit_scale.copy_(best_scale)
     for p in params:
         p.requires_grad_(False)
-    save_checkpoint(model, mcfg, out / "best", extra={"align": {"init": cfg.init, **best_row}})
+    extra: dict = {"align": {"init": cfg.init, **best_row}}
+    if vocabulary is not None:  # the segmentation weights are unchanged: so is what they know
+        extra["vocabulary"] = vocabulary
+    save_checkpoint(model, mcfg, out / "best", extra=extra)
     write_json(out / "best_metrics.json", best_row)
     return out
 

@@ -261,16 +261,18 @@ def _cmd_vocabulary(args: argparse.Namespace) -> int:
 
     from vlseg.config import load_yaml, save_yaml
     from vlseg.data.manifest import read_manifest
-    from vlseg.vocabulary import vocabulary_of
+    from vlseg.vocabulary import parse, vocabulary_of
 
     cfg_path = Path(args.into) / "config.yaml"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{args.into} holds no config.yaml; give a checkpoint directory")
     records = read_manifest(args.data, args.split)
     meta = load_yaml(cfg_path)
-    meta["vocabulary"] = vocabulary_of(t for r in records for t in r.prompts)
-    save_yaml(meta, cfg_path)
-    print(f"{cfg_path}: {len(meta['vocabulary'])} words from {len(records)} {args.split} records")
+    kept = [] if args.replace else sorted(parse(meta.get("vocabulary")) or ())
+    meta["vocabulary"] = vocabulary_of([*kept, *(t for r in records for t in r.prompts)])
+    save_yaml(meta, cfg_path)  # atomic: temp file, then rename
+    n = len(meta["vocabulary"].split())
+    print(f"{cfg_path}: {n} words ({len(kept)} kept) from {len(records)} {args.split} records")
     return 0
 
 
@@ -414,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="the manifest dataset the model was trained on")
     p.add_argument("--split", default="train")
     p.add_argument("--into", required=True, help="checkpoint directory")
+    p.add_argument("--replace", action="store_true", help="drop the words already recorded")
     p.set_defaults(func=_cmd_vocabulary)
 
     p = sub.add_parser("serve", help="start the chat app (Gradio)")

@@ -29,7 +29,7 @@ from .data.manifest import ManifestDataset, collate
 from .losses import clip_loss, mask_loss
 from .metrics import SegmentationMeter, binary_auroc
 from .registry import build_model, model_config
-from .vocabulary import vocabulary_of
+from .vocabulary import parse, vocabulary_of
 
 
 def _dist_setup() -> tuple[int, int, torch.device]:
@@ -200,13 +200,17 @@ def train(cfg: TrainConfig) -> Path:
     model.word_dropout, model.sentence_only = cfg.word_dropout, cfg.sentence_only
     model.to(device)
     ds, val_ds = make_datasets(cfg, model, mcfg.image_size)
-    # the words the model learns to ground (see vlseg.vocabulary), kept with every checkpoint
-    vocabulary = vocabulary_of(
-        [*(init_vocabulary or []), *(t for r in ds.records for t in r.prompts)]
-    )
+    # The words the model learns to ground (vlseg.vocabulary), kept with every checkpoint; a
+    # fine-tune of a checkpoint that records none knows more words than its data shows: unknown.
+    vocabulary = None
+    if not cfg.init or init_vocabulary is not None:
+        known = [*sorted(parse(init_vocabulary) or ()), *(t for r in ds.records for t in r.prompts)]
+        vocabulary = vocabulary_of(known)
 
     def save(path: Path, extra: dict) -> None:
-        save_checkpoint(model, mcfg, path, extra={**extra, "vocabulary": vocabulary})
+        if vocabulary is not None:
+            extra = {**extra, "vocabulary": vocabulary}
+        save_checkpoint(model, mcfg, path, extra=extra)
 
     def restore(path: Path) -> None:
         last, _, _ = load_checkpoint(path)

@@ -17,7 +17,7 @@ from scipy import ndimage
 from .data.io import LoadedImage, load_image
 from .data.transforms import image_to_tensor, normalize, resize_image
 from .modeling.vlseg import ImageFeatures, VLSegModel
-from .vocabulary import unfamiliar
+from .vocabulary import parse, unfamiliar
 
 MAX_TEXT_CHARS = 1000
 
@@ -148,6 +148,8 @@ class Segmenter:
     ):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
+        # The conversion is in place: a later Segmenter on the same model object with the
+        # other setting converts it back (answers stay the same; only speed differs).
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         self.vocabulary = None if vocabulary is None else frozenset(vocabulary)
@@ -379,9 +381,9 @@ def load(
 
     model, cfg, meta = resolve(name_or_path, adapter=adapter)
     name = cfg.name if adapter is None else f"{cfg.name}+{meta['adapter']['method']}"
-    vocabulary = meta.get("vocabulary")  # unknown (None) for a checkpoint that records none
+    vocabulary = parse(meta.get("vocabulary"))  # None (unknown) when the checkpoint has none
     if vocabulary is not None and adapter is not None:
-        vocabulary = [*vocabulary, *(meta["adapter"].get("vocabulary") or [])]
+        vocabulary |= parse(meta["adapter"].get("vocabulary")) or frozenset()
     seg = Segmenter(
         model,
         image_size=cfg.image_size,

@@ -7,8 +7,8 @@ therefore record the vocabulary of their training prompts (``vocabulary`` in ``c
 ``adapter.yaml``), and every answer names the prompt's words outside it
 (``SegmentationResult.unfamiliar``), so the chat app and the CLI can say so.
 
-Add the vocabulary of a dataset to an existing checkpoint (e.g. one trained before this was
-recorded)::
+Add the vocabulary of a dataset to a checkpoint (e.g. one trained before this was recorded;
+words already recorded are kept)::
 
     vlseg vocabulary --data data/phantoms --split train --into CHECKPOINT_DIR
 """
@@ -16,29 +16,50 @@ recorded)::
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable
 
-# Function words and the words of a request ("I need a mask of ...") name no target of their
-# own: never reported as unfamiliar.
+# Function words, the words of a request ("I'd like a mask of ...") and chat courtesies name no
+# target of their own: never reported as unfamiliar.
 STOPWORDS = frozenset(
     """a an the of in on at to for from with within by and or but not no is are was were be
     there here this that these those it its me my mine i you your we our us he she they them
     his her their what which where who whom whose how can could would will shall should may
     might must do does did please kindly some any all each every both either one two just also
-    only now again up out need want like give get see let tell point mask masks segmentation
-    region area image picture photo scan slice ct""".split()
+    only now again up out as about too well than then next same other another instead try
+    need want like give get see let tell point mask masks segmentation region area image
+    picture photo scan slice ct thank thanks hi hello ok okay yes sure i'd i'm i'll i've
+    can't don't won't doesn't isn't""".split()
 )
-_WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?")
+_TOKEN = re.compile(r"[^\s\-\u2010-\u2015,;:.!?()\[\]{}\"“”/\\+*=<>|&#@%~^`]+")
 
 
 def words(text: str) -> list[str]:
-    """Lower-cased words of a text (letters only; "patient's" stays one word)."""
-    return _WORD.findall(text.lower())
+    """Lower-cased words of a text: split at spaces, hyphens and punctuation; curly apostrophes
+    read as straight ones; a possessive "'s" dropped ("the patient's" -> "patient"); tokens
+    with a digit ("L3", "2nd") and single letters left out (they are labels, not words)."""
+    text = unicodedata.normalize("NFC", text).lower().replace("\u2019", "'").replace("\u2018", "'")
+    out = []
+    for tok in _TOKEN.findall(text):
+        tok = tok.strip("'")
+        if tok.endswith("'s"):
+            tok = tok[:-2]
+        if len(tok) > 1 and not any(ch.isdigit() for ch in tok):
+            out.append(tok)
+    return out
 
 
-def vocabulary_of(prompts: Iterable[str]) -> list[str]:
-    """Sorted distinct words of training prompts, function words left out."""
-    return sorted({w for p in prompts for w in words(p)} - STOPWORDS)
+def vocabulary_of(prompts: Iterable[str]) -> str:
+    """The distinct words of training prompts, sorted and space-separated (one YAML scalar
+    loads fast even for a large vocabulary), function words left out."""
+    return " ".join(sorted({w for p in prompts for w in words(p)} - STOPWORDS))
+
+
+def parse(recorded: str | list[str] | None) -> frozenset[str] | None:
+    """A recorded vocabulary (space-separated words, or a list) as a set; None stays None."""
+    if recorded is None:
+        return None
+    return frozenset(recorded.split() if isinstance(recorded, str) else recorded)
 
 
 def unfamiliar(text: str, vocabulary: frozenset[str] | None) -> list[str]:

@@ -272,7 +272,7 @@ def test_adapter_vocabulary_adds_to_the_base_vocabulary(tiny_data, tmp_path):
     )  # fmt: skip
     assert rc == 0
     meta = yaml.safe_load((tmp_path / "r" / "best" / "adapter.yaml").read_text())
-    assert "liver" in meta["vocabulary"] and "zz" not in meta["vocabulary"]
+    assert "liver" in meta["vocabulary"].split() and "zz" not in meta["vocabulary"].split()
     seg = vlseg.load(base, adapter=tmp_path / "r" / "best")
     assert {"zz", "liver"} <= seg.vocabulary
     assert seg.segment(np.zeros((64, 64), np.uint8), "zz liver hepar").unfamiliar == ["hepar"]

@@ -96,7 +96,7 @@ def unfamiliar_note(results: list[SegmentationResult]) -> str | None:
     return (
         f"_Note: this model was not trained on the word{'s' if several else ''} {listed}, so "
         f"the answer may not reflect {'them' if several else 'it'}. If it looks wrong, rephrase "
-        "with common terms (e.g. *the liver*, *the hepatic lesion*; type *help* for more)._"
+        "with more common terms._"
     )
 
 

@@ -165,7 +165,7 @@ def _create_from_config(
         (Path(tmp) / "open_clip_config.json").write_text(
             json.dumps({"model_cfg": cfg, "preprocess_cfg": preprocess})
         )
-        with _quiet_loading():
+        with _quiet_loading(), _hub_errors(_hub_names(text_cfg)):
             model = open_clip.create_model(
                 f"local-dir:{tmp}",
                 pretrained_text=hf_pretrained,
@@ -180,6 +180,12 @@ def _create_from_config(
             )
         open_clip.load_checkpoint(model, pretrained, strict=True)
     return model
+
+
+def _hub_names(text_cfg: dict[str, Any]) -> list[str]:
+    """The HF text model/tokenizer names of a text config that are not local directories."""
+    names = {text_cfg.get(k) for k in ("hf_model_name", "hf_tokenizer_name")}
+    return sorted(n for n in names if n and not Path(n).exists())
 
 
 @contextlib.contextmanager
@@ -248,11 +254,8 @@ def build_towers(
             raise ValueError(f"clip config lacks {sorted(missing)}")
         cfg["text_cfg"] = _resolve_text_cfg(cfg["text_cfg"])
         preprocess = dict(clip.get("preprocess") or {})
-        hub = {cfg["text_cfg"].get(k) for k in ("hf_model_name", "hf_tokenizer_name")}
-        with _hub_errors(sorted(n for n in hub if n and not Path(n).exists())):
-            model = _create_from_config(
-                cfg, preprocess, pretrained=pretrained, image_size=image_size
-            )
+        model = _create_from_config(cfg, preprocess, pretrained=pretrained, image_size=image_size)
+        with _hub_errors(_hub_names(cfg["text_cfg"])):
             tokenizer, context_length = _make_tokenizer(cfg["text_cfg"])
 
     pp = getattr(model.visual, "preprocess_cfg", {})
