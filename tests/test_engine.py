@@ -89,6 +89,11 @@ def test_cli_train_eval_predict(tiny_data, tmp_path, capsys):
     res = json.loads((tmp_path / "m.json").read_text())["results"]
     assert set(res) == {"test", "test_heldout"}
     assert 0 <= res["test_heldout"]["mIoU"] <= 1
+    # held-out prompts are worded with reserved phrases; test prompts with training ones (a
+    # few of which this 12-image training split happens not to use)
+    assert (
+        res["test"]["unfamiliar_fraction"] < 0.2 < 0.5 < res["test_heldout"]["unfamiliar_fraction"]
+    )
     img = next((tiny_data / "images").glob("ct_*.png"))
     rc = cli_main(
         [

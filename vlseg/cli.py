@@ -80,6 +80,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from vlseg.data.manifest import ManifestDataset
     from vlseg.engine import evaluate
     from vlseg.predictor import load
+    from vlseg.vocabulary import unfamiliar
 
     seg = load(args.model, adapter=args.adapter)
     vis = seg.model.vision
@@ -102,6 +103,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             f"P@0.5 {r['prec@0.5']:.3f}  presence AUROC {r['presence_auroc']:.4f}  "
             f"(n={int(r['n'])} positive / {int(r['n_all'])})"
         )
+        if seg.vocabulary is not None:  # how much of the split is worded unlike training
+            prompts = [t for rec in ds.records for t in rec.prompts]
+            r["unfamiliar_prompts"] = sum(bool(unfamiliar(t, seg.vocabulary)) for t in prompts)
+            r["unfamiliar_fraction"] = r["unfamiliar_prompts"] / max(1, len(prompts))
+            if r["unfamiliar_prompts"]:
+                print(
+                    f"  {r['unfamiliar_prompts']} of {len(prompts)} prompts "
+                    f"({100 * r['unfamiliar_fraction']:.0f}%) use words the model was not "
+                    "trained on"
+                )
     if args.out:
         write_json(args.out, {"model": str(args.model), "data": str(args.data), "results": results})
         print(f"wrote {args.out}")
