@@ -279,11 +279,12 @@ def _cmd_vocabulary(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{args.into} holds no config.yaml; give a checkpoint directory")
     records = read_manifest(args.data, args.split)
     meta = load_yaml(cfg_path)
-    kept = [] if args.replace else sorted(parse(meta.get("vocabulary")) or ())
-    meta["vocabulary"] = vocabulary_of([*kept, *(t for r in records for t in r.prompts)])
+    known = None if args.replace else meta.get("vocabulary")
+    prompts = (t for r in records for t in r.prompts)
+    meta["vocabulary"] = vocabulary_of(prompts, known=known)
     save_yaml(meta, cfg_path)  # atomic: temp file, then rename
-    n = len(meta["vocabulary"].split())
-    print(f"{cfg_path}: {n} words ({len(kept)} kept) from {len(records)} {args.split} records")
+    n, kept = len(meta["vocabulary"].split()), len(parse(known) or ())
+    print(f"{cfg_path}: {n} words ({kept} kept) from {len(records)} {args.split} records")
     return 0
 
 

@@ -29,7 +29,7 @@ from .data.manifest import ManifestDataset, collate
 from .losses import clip_loss, mask_loss
 from .metrics import SegmentationMeter, binary_auroc
 from .registry import build_model, model_config
-from .vocabulary import parse, vocabulary_of
+from .vocabulary import vocabulary_of
 
 
 def _dist_setup() -> tuple[int, int, torch.device]:
@@ -204,8 +204,8 @@ def train(cfg: TrainConfig) -> Path:
     # fine-tune of a checkpoint that records none knows more words than its data shows: unknown.
     vocabulary = None
     if not cfg.init or init_vocabulary is not None:
-        known = [*sorted(parse(init_vocabulary) or ()), *(t for r in ds.records for t in r.prompts)]
-        vocabulary = vocabulary_of(known)
+        prompts = (t for r in ds.records for t in r.prompts)
+        vocabulary = vocabulary_of(prompts, known=init_vocabulary)
 
     def save(path: Path, extra: dict) -> None:
         if vocabulary is not None:

@@ -49,10 +49,12 @@ def words(text: str) -> list[str]:
     return out
 
 
-def vocabulary_of(prompts: Iterable[str]) -> str:
-    """The distinct words of training prompts, sorted and space-separated (one YAML scalar
-    loads fast even for a large vocabulary), function words left out."""
-    return " ".join(sorted({w for p in prompts for w in words(p)} - STOPWORDS))
+def vocabulary_of(prompts: Iterable[str], known: str | list[str] | None = None) -> str:
+    """The distinct words of training prompts (and of a ``known`` recorded vocabulary they
+    extend), sorted and space-separated (one YAML scalar loads fast even for a large
+    vocabulary), function words left out."""
+    seen = {w for p in prompts for w in words(p)} | (parse(known) or frozenset())
+    return " ".join(sorted(seen - STOPWORDS))
 
 
 def parse(recorded: str | list[str] | None) -> frozenset[str] | None:
