@@ -34,7 +34,7 @@ from PIL import Image  # noqa: E402
 
 import vlseg  # noqa: E402
 from app import CONCURRENCY_LIMIT, serve  # noqa: E402
-from vlseg.data.io import write_json  # noqa: E402
+from vlseg.atomic import write_json  # noqa: E402
 from vlseg.data.phantoms import generate_sample  # noqa: E402
 
 FIRST_TEXT, FIRST_TARGET = "segment the hepatic lesion", "the hepatic lesion"

@@ -15,41 +15,28 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
 import vlseg  # noqa: E402
-from vlseg.data.io import load_mask, write_json  # noqa: E402
-from vlseg.data.manifest import ManifestDataset, collate  # noqa: E402
-from vlseg.engine import predict_batch  # noqa: E402
+from vlseg.atomic import write_json  # noqa: E402
+from vlseg.data.manifest import ManifestDataset  # noqa: E402
+from vlseg.evaluation import evaluate  # noqa: E402
+from vlseg.metrics import dice  # noqa: E402
 
 
-def breakdown(seg, data: str, split: str, threshold: float = 0.5) -> dict:
+def breakdown(seg, data: str, split: str) -> dict:
     vis = seg.model.vision
     ds = ManifestDataset(
         data, split, image_size=seg.image_size, mean=vis.mean, std=vis.std, prompt="all"
     )
     by_target, by_text = defaultdict(list), defaultdict(list)
-    with torch.no_grad():
-        for start in tqdm(range(0, len(ds), 16), desc=split):
-            batch = collate([ds[i] for i in range(start, min(start + 16, len(ds)))])
-            pred = predict_batch(seg.model, batch["image"], batch["text"], seg.device)
-            for j, text in enumerate(batch["text"]):
-                if batch["positive"][j] < 0.5:
-                    continue
-                rec = ds.record_for(batch["index"][j])
-                probs = (
-                    F.interpolate(
-                        pred["probs"][j : j + 1], size=tuple(batch["orig_size"][j]), mode="bilinear"
-                    )[0, 0]
-                    .cpu()
-                    .numpy()
-                )
-                mask = (probs > threshold) & (float(pred["presence"][j]) > threshold)
-                target = load_mask(rec.mask)
-                dice = 2 * (mask & target).sum() / max(mask.sum() + target.sum(), 1)
-                by_target[rec.target or "?"].append(float(dice))
-                by_text[text].append(float(dice))
+
+    def collect(rec, res, target, positive) -> None:
+        if positive:
+            d = dice(res.mask, target)
+            by_target[rec.target or "?"].append(d)
+            by_text[res.text].append(d)
+
+    evaluate(seg.model, ds, serving=seg.serving, device=seg.device, progress=True, on_item=collect)
     summary = {k: {"n": len(v), "dice": float(np.mean(v))} for k, v in sorted(by_target.items())}
     texts = {k: {"n": len(v), "dice": float(np.mean(v))} for k, v in sorted(by_text.items())}
     all_d = [d for v in by_target.values() for d in v]

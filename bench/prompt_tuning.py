@@ -51,9 +51,9 @@ from PIL import Image  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 import vlseg  # noqa: E402
+from vlseg.atomic import atomic_directory, write_json  # noqa: E402
 from vlseg.checkpoint import WEIGHTS, load_checkpoint, resolve, save_checkpoint  # noqa: E402
 from vlseg.config import TrainConfig  # noqa: E402
-from vlseg.data.io import atomic_directory, write_json  # noqa: E402
 from vlseg.data.manifest import ManifestDataset, read_manifest, write_manifest  # noqa: E402
 from vlseg.data.phantoms import write_dataset  # noqa: E402
 from vlseg.engine import evaluate, train  # noqa: E402

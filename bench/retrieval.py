@@ -15,7 +15,6 @@ Reports build time, index size (faiss serialisation), save/load time, median per
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -171,8 +170,9 @@ def main(argv: list[str] | None = None) -> dict:
         },
     }
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+        from vlseg.atomic import write_json  # here, so that the timings never import vlseg
+
+        write_json(args.json, result)
     return result
 
 

@@ -33,8 +33,8 @@ from transformers import (  # noqa: E402
     CLIPSegVisionConfig,
 )
 
+from vlseg.atomic import write_json  # noqa: E402
 from vlseg.checkpoint import resolve  # noqa: E402
-from vlseg.data.io import write_json  # noqa: E402
 from vlseg.predictor import Segmenter  # noqa: E402
 from vlseg.registry import build_model, model_config  # noqa: E402
 

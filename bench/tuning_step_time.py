@@ -30,9 +30,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may be downloaded
 
 import torch  # noqa: E402
 
+from vlseg.atomic import write_json  # noqa: E402
 from vlseg.checkpoint import WEIGHTS  # noqa: E402
 from vlseg.config import TrainConfig  # noqa: E402
-from vlseg.data.io import write_json  # noqa: E402
 from vlseg.data.manifest import read_manifest, write_manifest  # noqa: E402
 from vlseg.engine import train  # noqa: E402
 from vlseg.registry import WEIGHTS_DIR  # noqa: E402

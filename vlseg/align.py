@@ -9,12 +9,13 @@ its mirror image) and kept in memory: thousands of steps take minutes on one CPU
 The head may have a different architecture from the one in ``init`` (e.g. attention pooling
 instead of average pooling + linear): ``model`` names the config to build, ``init`` the
 checkpoint that provides every other weight.
+
+The loop draws batches from the cached features; its schedule, optimizer step, ``metrics.jsonl``
+and ``best/`` checkpoint are those of ``vlseg train`` (:mod:`vlseg.training`).
 """
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +25,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .atomic import write_json
 from .checkpoint import load_checkpoint, resolve, save_checkpoint
 from .config import load_yaml, save_yaml, to_dict
-from .data.io import load_image, write_json
+from .data.io import load_image
 from .data.manifest import captioned_images
 from .losses import clip_loss
 from .registry import model_config
+from .training import Checkpointer, MetricsLog, optimizer_step, warmup_cosine
 
 HEAD = "vision.visual.head."
 
@@ -62,7 +65,7 @@ def _build(cfg: AlignConfig):
     if cfg.init is None:
         if cfg.model is None:
             raise ValueError("set init (a checkpoint dir) or model (a registered name)")
-        model, mcfg, meta = resolve(cfg.model)
+        model, mcfg, meta = resolve(cfg.model, allow_untrained=True)
         return model, mcfg, meta.get("vocabulary")
     overrides = None if cfg.model is None else to_dict(model_config(cfg.model))
     model, mcfg, meta = load_checkpoint(cfg.init, overrides=overrides, rebuild=(HEAD,))
@@ -155,78 +158,76 @@ def align(cfg: AlignConfig) -> Path:
             "cap": torch.tensor([distinct.index(c) for c in captions]),
         }
     tr, va = splits[cfg.split], splits[cfg.val_split]
-    n = len(tr["cap"])
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warm = max(1, int(cfg.warmup_frac * cfg.steps))
+    meta = {} if vocabulary is None else {"vocabulary": vocabulary}  # segmentation unchanged
 
-    def lr_at(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, cfg.steps - warm)))
+    def save(path: Path, extra: dict) -> None:
+        save_checkpoint(model, mcfg, path, extra={**extra, **meta})
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    best_row = _train_head(model, head, params, tr, va, cfg, device, save=save)
+    write_json(out / "best_metrics.json", best_row)
+    return out
 
-    def evaluate() -> dict:
-        head.eval()
-        with torch.no_grad():
-            emb = torch.cat(
-                [
-                    head(va["feats"]["plain"][s : s + 256].float().to(device)).cpu()
-                    for s in range(0, len(va["cap"]), 256)
-                ]
-            )
-        head.train()
-        res = {}
-        for k in (1, 5, 10):
-            res.update(recall_at_k(emb, va["caption_emb"], va["cap"], k))
-        return res
 
-    metrics_path = out / "metrics.jsonl"
-    metrics_path.unlink(missing_ok=True)
-    best, best_state, t0 = -1.0, None, time.time()
+def _sample(feats: dict, cap: torch.Tensor, batch_size: int, gen: torch.Generator):
+    """A random batch of cached head inputs (each mirrored with probability 1/2 when the
+    mirror images were cached) and their caption indices."""
+    idx = torch.randint(len(cap), (batch_size,), generator=gen)
+    x = feats["plain"][idx]
+    if "flip" in feats:
+        use = torch.rand(batch_size, generator=gen) < 0.5
+        x = torch.where(use[:, None, None, None], feats["flip"][idx], x)
+    return x, cap[idx]
+
+
+@torch.no_grad()
+def _head_recall(head: torch.nn.Module, va: dict, device) -> dict[str, float]:
+    """Retrieval recall@1/5/10 of the head's embeddings of the validation images."""
+    head.eval()
+    feats = va["feats"]["plain"]
+    emb = torch.cat(
+        [head(feats[s : s + 256].float().to(device)).cpu() for s in range(0, len(feats), 256)]
+    )
+    head.train()
+    res = {}
+    for k in (1, 5, 10):
+        res.update(recall_at_k(emb, va["caption_emb"], va["cap"], k))
+    return res
+
+
+def _train_head(model, head, params, tr: dict, va: dict, cfg: AlignConfig, device, *, save):
+    """Train ``params`` (the head and the CLIP temperature) with the CLIP loss on the cached
+    features ``tr``; every ``eval_every`` steps log the validation recall to
+    ``out/metrics.jsonl`` and write ``out/best`` (through ``save``) when the mean recall is the
+    best so far. Returns the best evaluation's metrics row."""
+    out = Path(cfg.out)
+    optimizer = torch.optim.AdamW(
+        [{"params": params, "lr": cfg.lr, "base_lr": cfg.lr}], weight_decay=cfg.weight_decay
+    )
+    warmup = max(1, int(cfg.warmup_frac * cfg.steps))
+    log = MetricsLog(out / "metrics.jsonl", fresh=True)
+    ckpt = Checkpointer(out, save=save)  # best/ only: a run takes minutes, none is resumed
+    best_row, t0 = None, time.time()
     head.train()
     gen = torch.Generator().manual_seed(cfg.seed)
     bar = tqdm(range(cfg.steps), desc="align", unit="step")
     for step in bar:
-        idx = torch.randint(n, (cfg.batch_size,), generator=gen)
-        x = tr["feats"]["plain"][idx]
-        if "flip" in tr["feats"]:
-            use = torch.rand(cfg.batch_size, generator=gen) < 0.5
-            x = torch.where(use[:, None, None, None], tr["feats"]["flip"][idx], x)
-        cap = tr["cap"][idx].to(device)
-        loss = clip_loss(
-            head(x.float().to(device)),
-            tr["caption_emb"][cap.cpu()].to(device),
-            model.logit_scale,
-            groups=cap,
-        )
-        opt.zero_grad(set_to_none=True)
+        x, cap = _sample(tr["feats"], tr["cap"], cfg.batch_size, gen)
+        emb = head(x.float().to(device))  # (B, E)
+        txt = tr["caption_emb"][cap].to(device)  # (B, E)
+        loss = clip_loss(emb, txt, model.logit_scale, groups=cap.to(device))
         loss.backward()
-        opt.step()
-        sched.step()
+        optimizer_step(optimizer, warmup_cosine(step, warmup=warmup, total=cfg.steps))
         bar.set_postfix(loss=f"{loss.item():.3f}")
-        last = step + 1 == cfg.steps
-        if (step + 1) % cfg.eval_every == 0 or last:
-            row = {"step": step + 1, "loss": loss.item(), "time_s": time.time() - t0, **evaluate()}
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            row = {"step": step + 1, "loss": loss.item(), "time_s": time.time() - t0}
+            row.update(_head_recall(head, va, device))
+            log.append(row)
             score = np.mean([row[f"t2i_R@{k}"] + row[f"i2t_R@{k}"] for k in (1, 5, 10)])
-            if score > best:
-                best = score
-                best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
-                best_scale = model.logit_scale.detach().clone()
+            if ckpt.save_best_if_better(score, {"align": {"init": cfg.init, **row}}):
                 best_row = row
-    head.load_state_dict(best_state)
-    with torch.no_grad():
-        model.logit_scale.copy_(best_scale)
-    for p in params:
-        p.requires_grad_(False)
-    extra: dict = {"align": {"init": cfg.init, **best_row}}
-    if vocabulary is not None:  # the segmentation weights are unchanged: so is what they know
-        extra["vocabulary"] = vocabulary
-    save_checkpoint(model, mcfg, out / "best", extra=extra)
-    write_json(out / "best_metrics.json", best_row)
-    return out
+    if best_row is None:
+        raise RuntimeError(f"align: no evaluation gave a finite recall; nothing saved to {out}")
+    return best_row
 
 
 def load_align_config(path: str | None, overrides: list[str]) -> AlignConfig:

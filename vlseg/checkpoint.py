@@ -94,22 +94,33 @@ def load_checkpoint(
     return model, cfg, meta
 
 
-def resolve(name_or_path: str | os.PathLike | None, *, adapter: str | os.PathLike | None = None):
-    """A checkpoint dir, a registered name with shipped weights, or a config (random init);
-    with ``adapter``, the tuned adapter directory is checked against and attached to it (the
-    base defaults to the one the adapter names)."""
+def resolve(
+    name_or_path: str | os.PathLike | None,
+    *,
+    adapter: str | os.PathLike | None = None,
+    allow_untrained: bool = False,
+):
+    """A checkpoint dir, a registered name with shipped weights, or (only with
+    ``allow_untrained``) a registered config built with a random decoder; with ``adapter``, the
+    tuned adapter directory is checked against and attached to it (the base defaults to the one
+    the adapter names).
+
+    Raises:
+        ValueError: a registered variant without trained weights and not ``allow_untrained``
+            (the message says how to get weights), or an unknown name.
+    """
     if adapter is not None:
         from .adapters import load_adapter, read_adapter_config
 
         if name_or_path is None:
             name_or_path = read_adapter_config(adapter)["base"]["model"]
-        model, cfg, meta = _resolve_base(name_or_path)
+        model, cfg, meta = _resolve_base(name_or_path, allow_untrained)
         meta["adapter"] = load_adapter(model, adapter)
         return model, cfg, meta
-    return _resolve_base(name_or_path)
+    return _resolve_base(name_or_path, allow_untrained)
 
 
-def _resolve_base(name_or_path: str | os.PathLike | None):
+def _resolve_base(name_or_path: str | os.PathLike | None, allow_untrained: bool):
     from .registry import DEFAULT_MODEL, WEIGHTS_DIR
 
     name_or_path = DEFAULT_MODEL if name_or_path is None else name_or_path
@@ -120,4 +131,13 @@ def _resolve_base(name_or_path: str | os.PathLike | None):
     if (shipped / WEIGHTS).is_file():
         return load_checkpoint(shipped)
     cfg = model_config(name_or_path)
+    if not allow_untrained:
+        towers = f"pretrained towers ({cfg.pretrained})" if cfg.pretrained else "random towers"
+        raise ValueError(
+            f"{name_or_path!r} has no trained vlseg weights here: its decoder would be random "
+            f"(on {towers}), so its masks and scores would be noise. Train it first (vlseg "
+            f"train --model {name_or_path} ...; or vlseg tune) and load the run's checkpoint "
+            "directory (e.g. runs/train/best), or pass allow_untrained=True to build it "
+            "untrained for training or testing"
+        )
     return build_model(cfg), cfg, {"model": to_dict(cfg), "external": [], "random_init": True}

@@ -78,7 +78,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from vlseg.data.io import write_json
     from vlseg.data.manifest import ManifestDataset
-    from vlseg.engine import evaluate
+    from vlseg.evaluation import evaluate
     from vlseg.predictor import load
     from vlseg.vocabulary import unfamiliar
 
@@ -95,6 +95,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             limit=args.limit,
             device=seg.device,
+            serving=seg.serving,
             progress=True,
         )
         r = results[split]
@@ -150,12 +151,39 @@ def _labels(spec: str) -> tuple[list[str], list[str]]:
     return items, items
 
 
+def _model_labels(seg, spec: str | None, templates: str | None, modality: str | None = None):
+    """(codes, class names, templates): from ``--labels`` or else the checkpoint's own label set
+    for ``modality`` (``serving.label_sets``) or its default labels."""
+    if spec is not None:
+        codes, names = _labels(spec)
+        return codes, names, templates
+    sets = seg.serving.label_sets
+    if modality is not None and modality in sets:
+        entry = sets[modality]
+        table = entry["labels"]
+        codes, names = (
+            _labels(table) if isinstance(table, str) else (list(table), list(table.values()))
+        )
+        return codes, names, templates or entry.get("templates")
+    if modality is None and seg.serving.labels:
+        return (
+            list(seg.serving.labels),
+            list(seg.serving.labels),
+            templates or seg.serving.templates,
+        )
+    known = ", ".join(sorted(sets)) or "none"
+    raise SystemExit(
+        f"error: {seg.name} records no label set for modality {modality!r} (recorded: {known}); "
+        "pass --labels a,b,c, a label-set name or a YAML file"
+    )
+
+
 def _cmd_classify(args: argparse.Namespace) -> int:
     from vlseg.predictor import load
 
     seg = load(args.model, adapter=args.adapter)
-    codes, names = _labels(args.labels)
-    res = seg.classify(args.image, names, args.templates)
+    codes, names, templates = _model_labels(seg, args.labels, args.templates)
+    res = seg.classify(args.image, names, templates)
     for code, p in sorted(zip(codes, res.probs, strict=True), key=lambda kv: -kv[1]):
         print(f"{p:7.3f}  {code}")
     return 0
@@ -169,10 +197,10 @@ def _cmd_eval_classify(args: argparse.Namespace) -> int:
     from vlseg.zeroshot import evaluate_classification, image_labels, plot_confusion
 
     seg = load(args.model, adapter=args.adapter)
-    codes, names = _labels(args.labels)
+    codes, names, templates = _model_labels(seg, args.labels, args.templates, args.modality)
     images, labels = image_labels(args.data, args.split, args.modality)
     res = evaluate_classification(
-        seg, images, labels, codes, prompts=names, templates=args.templates, progress=True
+        seg, images, labels, codes, prompts=names, templates=templates, progress=True
     )
     res.pop("probs")
     print(
@@ -236,6 +264,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 def _hit_sheet(hits: list[dict], path: str) -> None:
     from PIL import Image, ImageDraw
 
+    from vlseg.atomic import atomic_write
     from vlseg.data.io import load_image
 
     tile = 192
@@ -246,9 +275,8 @@ def _hit_sheet(hits: list[dict], path: str) -> None:
         sheet.paste(im, (i * tile, 0))
         draw.text((i * tile + 4, tile + 4), f"{h['score']:.3f}", fill=(230, 230, 230))
         draw.text((i * tile + 4, tile + 20), h["caption"][:34], fill=(180, 180, 180))
-    tmp = f"{path}.tmp.png"
-    sheet.save(tmp)
-    __import__("os").replace(tmp, path)
+    with atomic_write(path) as tmp:
+        sheet.save(tmp, format="PNG")
 
 
 def _cmd_eval_retrieval(args: argparse.Namespace) -> int:
@@ -376,8 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True)
     p.add_argument(
         "--labels",
-        required=True,
-        help="a,b,c, a label-set name (e.g. ham10000) or a YAML file {code: class name}",
+        default=None,
+        help="a,b,c, a label-set name (e.g. ham10000) or a YAML file {code: class name}; "
+        "default: the model's own default labels",
     )
     p.add_argument("--templates", default=None, help="dermoscopy | ct | generic | a YAML file")
     p.set_defaults(func=_cmd_classify)
@@ -389,7 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test")
     p.add_argument("--modality", default=None, help="only images of this modality")
     p.add_argument(
-        "--labels", required=True, help="a,b,c, a label-set name or a YAML file {code: class name}"
+        "--labels",
+        default=None,
+        help="a,b,c, a label-set name or a YAML file {code: class name}; default: the model's "
+        "label set for --modality (recorded with the checkpoint)",
     )
     p.add_argument("--templates", default=None)
     p.add_argument("--out", help="directory for classification.json and confusion.png")

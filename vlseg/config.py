@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from vlseg.atomic import write_yaml
+
 T = TypeVar("T")
 
 
@@ -42,36 +44,51 @@ class ModelConfig:
 
 
 @dataclass
-class TrainConfig:
-    """One training run of ``vlseg train``."""
+class LoopConfig:
+    """What every training run sets: model, data, run directory and the optimisation loop
+    (``vlseg.engine.fit``). ``TrainConfig`` (``vlseg train``) and ``TuneConfig``
+    (``vlseg tune``) extend it, so a loop setting is declared here once."""
 
-    model: str = "phantom-tiny"  # registered variant name or path to a model YAML
-    init: str | None = None  # checkpoint directory to start from (weights only)
+    # train: registered variant name or model YAML; tune: also a checkpoint directory (the base)
+    model: str = "phantom-tiny"
     data: str = "data/phantoms"  # manifest dataset (dir with manifest.jsonl, .jsonl, or medvlsm)
-    out: str = "runs/train"  # run directory: checkpoints, metrics.jsonl, curves.png
+    out: str = "runs/train"  # run directory: last/, best/, metrics.jsonl, curves.png
     train_split: str = "train"
     val_split: str = "val"
     epochs: int = 10
     max_steps: int | None = None  # stop early after this many optimizer steps
     batch_size: int = 16
     grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float = 1e-3  # decoder learning rate
-    lr_encoder: float = 1e-4  # learning rate of trainable encoder parameters
-    weight_decay: float = 0.01
-    warmup_steps: int = 100
-    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
-    seed: int = 0
-    num_workers: int = 2
-    augment: bool = True
-    dice_weight: float = 1.0
+    lr: float = 1e-3  # peak learning rate (train: the decoder's; tune: the learner's)
+    weight_decay: float = 0.01  # AdamW
+    warmup_steps: int = 100  # linear warm-up, then cosine decay to 0 at the last step
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    seed: int = 0  # data order and augmentation (tune: also the few-shot draw and learner init)
+    num_workers: int = 2  # data loader processes
+    augment: bool = True  # train-time augmentation (vlseg.data.transforms)
+    dice_weight: float = 1.0  # mask loss: Dice on positive pairs + BCE on all pairs
     bce_weight: float = 1.0
-    presence_weight: float = 0.5
+    presence_weight: float = 0.5  # "is the target in the image" BCE
     aux_weight: float = 0.4  # deep supervision at coarser decoder scales
     clip_weight: float = 0.2  # image-caption contrastive loss (keeps the towers aligned)
-    eval_every: int = 1  # epochs between validations
+    eval_every: int = 1  # epochs between validations (the last epoch is always validated)
     val_limit: int | None = 400  # validation items per evaluation (None = all)
-    log_every: int = 20  # steps between log lines
+    log_every: int = 20  # optimizer steps between metrics.jsonl train rows
     resume: bool = True  # continue from out/last if it exists
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "grad_accum", "eval_every", "log_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r}: use an integer >= 1")
+
+
+@dataclass
+class TrainConfig(LoopConfig):
+    """One training run of ``vlseg train``: the loop settings of ``LoopConfig`` plus these."""
+
+    init: str | None = None  # checkpoint directory to start from (weights only)
+    lr_encoder: float = 1e-4  # learning rate of trainable encoder parameters (lr: the decoder's)
     train_only: list[str] | None = None  # parameter-name prefixes to train; None = all trainable
     word_dropout: float = 0.0  # training: drop each word from cross-attention with this prob.
     sentence_only: float = 0.0  # training: drop all words of a prompt (sentence token remains)
@@ -149,11 +166,5 @@ def to_dict(cfg) -> dict[str, Any]:
 
 
 def save_yaml(data: dict[str, Any], path: str | os.PathLike) -> None:
-    """Write YAML atomically (temp file, fsync, rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        yaml.safe_dump(data, fh, sort_keys=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Write YAML atomically (:func:`vlseg.atomic.write_yaml`)."""
+    write_yaml(path, data)

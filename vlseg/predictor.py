@@ -1,99 +1,51 @@
-"""The Python API: encode an image once, answer many text prompts from the cached features."""
+"""The Python API: encode an image once, answer many text prompts from the cached features.
+
+``Segmenter`` caches and calls, as segment-anything's predictor does: the computation lives in
+:mod:`vlseg.inference` (``encode``, ``decode``, ``postprocess``), which evaluation, the CLI and the
+chat share, and what a checkpoint needs to be served travels with it (:mod:`vlseg.serving`).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 
 from .data.io import LoadedImage, load_image
+from .data.medical_io import is_dicom, is_nifti
 from .data.transforms import image_to_tensor, normalize, resize_image
-from .modeling.vlseg import ImageFeatures, VLSegModel
-from .vocabulary import parse, unfamiliar
+from .inference import (
+    ClassificationResult,
+    Decoded,
+    EncodedImage,
+    SegmentationResult,
+    decode,
+    encode,
+    ovr_log_odds,
+    postprocess,
+    zero_shot,
+)
+from .modeling.vlseg import VLSegModel
+from .serving import ServingConfig, serving_of
+from .vocabulary import parse
+
+__all__ = [
+    "ClassificationResult",
+    "EncodedImage",
+    "SegmentationResult",
+    "Segmenter",
+    "load",
+    "ovr_log_odds",
+]
 
 MAX_TEXT_CHARS = 1000
-
-
-@dataclass
-class SegmentationResult:
-    """The answer to one (image, text) prompt.
-
-    Attributes:
-        text: the prompt.
-        mask: H x W bool at the input image's resolution (empty when not present).
-        probs: H x W float32 per-pixel foreground probability in [0, 1].
-        score: presence probability in [0, 1] (is the described thing in the image at all).
-        present: ``score >= threshold``.
-        area_px: foreground pixels of ``mask``.
-        area_mm2: area in mm^2 when the pixel spacing is known, else None.
-        n_components: connected components (8-connectivity) of ``mask``.
-        unfamiliar: words of ``text`` that the model's training prompts never used (empty when
-            the model records no vocabulary): the answer may not reflect them.
-    """
-
-    text: str
-    mask: np.ndarray
-    probs: np.ndarray
-    score: float
-    present: bool
-    area_px: int
-    area_mm2: float | None
-    n_components: int
-    unfamiliar: list[str] = field(default_factory=list)
-
-    def __repr__(self) -> str:
-        where = f"{self.area_px} px" + (f" ({self.area_mm2:.1f} mm^2)" if self.area_mm2 else "")
-        verdict = (
-            f"present, {where}, {self.n_components} component(s)" if self.present else ("not found")
-        )
-        new = f", unfamiliar words: {', '.join(self.unfamiliar)}" if self.unfamiliar else ""
-        return f"SegmentationResult({self.text!r}: {verdict}, score={self.score:.3f}{new})"
-
-
-@dataclass
-class ClassificationResult:
-    """Zero-shot class probabilities for one image.
-
-    Attributes:
-        labels: class names, in the order given.
-        probs: float32 probabilities (softmax of ``100 * cos``), summing to 1.
-        top: the most probable label.
-        logits: float64 ``100 * cos`` per label. Rank images by ``ovr_log_odds(logits)``
-            (e.g. for AUROC), not by ``probs``: at CLIP's temperature probabilities saturate to
-            exactly 0 or 1 and tie.
-    """
-
-    labels: list[str]
-    probs: np.ndarray
-    top: str
-    logits: np.ndarray | None = None
-
-    def as_dict(self) -> dict[str, float]:
-        return {lab: float(p) for lab, p in zip(self.labels, self.probs, strict=True)}
-
-    def __repr__(self) -> str:
-        best = sorted(self.as_dict().items(), key=lambda kv: -kv[1])[:3]
-        return "ClassificationResult(" + ", ".join(f"{k}: {v:.3f}" for k, v in best) + ")"
-
-
-def ovr_log_odds(logits: np.ndarray) -> np.ndarray:
-    """One-vs-rest log-odds ``log p_c / (1 - p_c)`` of softmax(logits), N x C, computed without
-    forming probabilities (which saturate at 0 or 1): ranks exactly like ``p_c``."""
-    logits = np.asarray(logits, dtype=np.float64)
-    out = np.empty_like(logits)
-    for c in range(logits.shape[1]):
-        rest = np.delete(logits, c, axis=1)
-        m = rest.max(1)
-        out[:, c] = logits[:, c] - (m + np.log(np.exp(rest - m[:, None]).sum(1)))
-    return out
 
 
 def _check_texts(text: str | Sequence[str]) -> tuple[list[str], bool]:
@@ -122,10 +74,17 @@ class Segmenter:
         >>> model.set_image("ct.png")
         >>> model.segment(text="the hepatic lesion").area_px  # doctest: +SKIP
 
+    Many images at once (e.g. a service with one model and many users): ``encoded =
+    model.encode(image)`` returns the features without touching the cache, and
+    ``model.segment(encoded, text)`` / ``model.classify(encoded, labels)`` answer from them.
+
     Args:
         model: a ``VLSegModel``.
         image_size: square model input size.
-        threshold: probability threshold for masks and presence.
+        serving: how the checkpoint is served (threshold, calibration, CT window, default
+            labels); default ``ServingConfig()``.
+        threshold: overrides ``serving.threshold`` (probability threshold for presence and
+            masks).
         device: torch device (default: CUDA when available).
         name: model name for display.
         channels_last: run convolutions on channels-last (NHWC) tensors, which oneDNN and
@@ -140,7 +99,8 @@ class Segmenter:
         model: VLSegModel,
         *,
         image_size: int,
-        threshold: float = 0.5,
+        serving: ServingConfig | None = None,
+        threshold: float | None = None,
         device: str | torch.device | None = None,
         name: str = "custom",
         channels_last: bool = True,
@@ -154,10 +114,11 @@ class Segmenter:
         self.model.to(memory_format=self.memory_format)
         self.vocabulary = None if vocabulary is None else frozenset(vocabulary)
         self.image_size = image_size
-        self.threshold = threshold
+        self.serving = dataclasses.replace(serving or ServingConfig())
+        if threshold is not None:
+            self.serving = dataclasses.replace(self.serving, threshold=threshold)
         self.name = name
-        self._image: LoadedImage | None = None
-        self._features: ImageFeatures | None = None
+        self._encoded: EncodedImage | None = None
         self.encoder_calls = 0  # how many times the image encoder ran (for tests and benchmarks)
         self._class_cache: dict[tuple, np.ndarray] = {}
         # how to load this model again, {"model", "adapter"} (set by ``load``; recorded by
@@ -167,6 +128,15 @@ class Segmenter:
         # threads running the same prompted model at once (the chat app serves two requests
         # concurrently) would each see the other's hooks: such models run one call at a time.
         self._prompted_lock = threading.Lock()
+
+    @property
+    def threshold(self) -> float:
+        """Presence and mask probability threshold (``serving.threshold``)."""
+        return self.serving.threshold
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        self.serving = dataclasses.replace(self.serving, threshold=value)
 
     def _serialised(self):
         """A lock while a prompt learner is attached, else a no-op context."""
@@ -178,6 +148,20 @@ class Segmenter:
         return f"Segmenter({self.name!r}, image_size={self.image_size}, device={self.device})"
 
     # -- images ---------------------------------------------------------------------------
+    def load_image(self, image, **kwargs) -> LoadedImage:
+        """Read an image the way this model was validated: a DICOM/NIfTI file's Hounsfield
+        units get the model's CT window (``serving.window``), not the file's display window.
+
+        Args:
+            image: path, PIL image, HxW/HxWx3 numpy array or ``LoadedImage``.
+            kwargs: passed to :func:`vlseg.data.io.load_image` (e.g. ``max_pixels``).
+        """
+        if isinstance(image, LoadedImage):
+            return image
+        if self.serving.window is not None and "window" not in kwargs and _is_medical(image):
+            kwargs["window"] = self.serving.window
+        return load_image(image, **kwargs)
+
     def preprocess(self, images: Sequence[LoadedImage]) -> torch.Tensor:
         """Loaded images -> B x 3 x S x S normalised tensor."""
         vis = self.model.vision
@@ -188,32 +172,75 @@ class Segmenter:
         return torch.stack(batch).to(self.device).contiguous(memory_format=self.memory_format)
 
     @torch.no_grad()
-    def _encode(self, images: Sequence[LoadedImage]) -> ImageFeatures:
+    def encode(self, image, **load_kwargs) -> EncodedImage:
+        """Run the image encoder on one image or a list of them; the cache is not touched.
+
+        Args:
+            image: path, PIL image, numpy array or ``LoadedImage``, or a list of them.
+            load_kwargs: passed to :meth:`load_image` (e.g. ``max_pixels``).
+
+        Returns:
+            An ``EncodedImage`` (one row per image) to pass to :meth:`segment`,
+            :meth:`classify` or :meth:`image_embedding` any number of times.
+        """
+        if isinstance(image, EncodedImage):
+            return image
+        many = isinstance(image, (list, tuple))
+        loaded = [self.load_image(im, **load_kwargs) for im in (image if many else [image])]
         self.encoder_calls += 1
-        x = self.preprocess(images)
+        x = self.preprocess(loaded)
         with self._serialised():
-            return self.model.encode_image(x)
+            return encode(
+                self.model,
+                x,
+                [im.size for im in loaded],
+                [im.spacing for im in loaded],
+                loaded,
+            )
 
     def set_image(self, image) -> Segmenter:
-        """Encode and cache one image (path, PIL image, numpy array or LoadedImage)."""
-        loaded = load_image(image)
-        self._features = self._encode([loaded])
-        self._image = loaded
+        """Encode and cache one image (path, PIL image, numpy array, LoadedImage or an
+        ``EncodedImage`` of one image)."""
+        encoded = self.encode(image)
+        if len(encoded) != 1:
+            raise ValueError(f"set_image takes one image, got {len(encoded)}")
+        self._encoded = encoded
         return self
+
+    @property
+    def encoded(self) -> EncodedImage | None:
+        """The cached image (from :meth:`set_image`), or None."""
+        return self._encoded
+
+    def reset_image(self) -> None:
+        self._encoded = None
+
+    @property
+    def has_image(self) -> bool:
+        return self._encoded is not None
+
+    def _resolve(self, image) -> EncodedImage:
+        """An EncodedImage for ``image``; None means the cached one."""
+        if image is None:
+            if self._encoded is None:
+                raise RuntimeError("no image: pass image=... or call set_image(image) first")
+            return self._encoded
+        return self.encode(image)
 
     @torch.no_grad()
     def image_embedding(self, image=None) -> np.ndarray:
         """L2-normalised CLIP image embedding(s): E for one image, N x E for a list; None uses
         the cached image (no encoder run)."""
-        if isinstance(image, (list, tuple)):
-            feats = self._encode([load_image(im) for im in image])
-            return F.normalize(feats.embedding.float(), dim=-1).cpu().numpy()
-        if image is not None:
+        many = isinstance(image, (list, tuple)) or (
+            isinstance(image, EncodedImage) and len(image) > 1
+        )
+        if image is not None and not many and not isinstance(image, EncodedImage):
             self.set_image(image)
-        if self._features is None:
-            raise RuntimeError("no image: pass image=... or call set_image(image) first")
-        return F.normalize(self._features.embedding.float(), dim=-1)[0].cpu().numpy()
+            image = None
+        emb = self._resolve(image).embedding
+        return emb if many else emb[0]
 
+    # -- text -------------------------------------------------------------------------------
     @torch.no_grad()
     def text_embedding(self, texts: Sequence[str]) -> np.ndarray:
         """L2-normalised CLIP text embeddings, N x E."""
@@ -239,18 +266,28 @@ class Segmenter:
             self._class_cache[key] = np.stack(per_class)
         return self._class_cache[key]
 
-    def classify(self, image=None, labels: Sequence[str] = (), templates=None):
+    def classify(self, image=None, labels: Sequence[str] | None = None, templates=None):
         """Zero-shot classification: softmax over ``100 * image @ classes.T``.
 
         Args:
-            image: path/PIL/array, a list of them, or None for the cached image.
-            labels: class names (at least two), e.g. ``["melanoma", "nevus"]``.
+            image: path/PIL/array, a list of them, an ``EncodedImage``, or None for the cached
+                image.
+            labels: class names (at least two), e.g. ``["melanoma", "nevus"]``; None: the
+                checkpoint's default labels (``serving.labels``, with ``serving.templates``).
             templates: a template-set name (``dermoscopy``, ``ct``, ``generic``), a list of
                 strings with ``{}``, or None for ``generic``.
 
         Returns:
-            A ``ClassificationResult``, or a list of them for a list of images.
+            A ``ClassificationResult``, or a list of them for several images.
         """
+        if labels is None:
+            if not self.serving.labels:
+                raise ValueError(
+                    f"{self.name} records no default labels; pass labels=[...], e.g. "
+                    "['melanoma', 'nevus']"
+                )
+            labels = self.serving.labels
+            templates = templates if templates is not None else self.serving.templates
         if isinstance(labels, str) or len(labels) < 2:
             raise ValueError(
                 "give at least two labels to choose between, e.g. ['melanoma', 'nevus']"
@@ -258,97 +295,73 @@ class Segmenter:
         labels = [str(lab).strip() for lab in labels]
         if not all(labels):
             raise ValueError("labels must be non-empty strings")
+        many = isinstance(image, (list, tuple)) or (
+            isinstance(image, EncodedImage) and len(image) > 1
+        )
         classes = self.class_embeddings(labels, templates)
-        emb = self.image_embedding(image)
-        logits = 100.0 * np.atleast_2d(emb).astype(np.float64) @ classes.T.astype(np.float64)
-        shifted = logits - logits.max(1, keepdims=True)
-        probs = np.exp(shifted)
-        probs /= probs.sum(1, keepdims=True)
-        out = [
-            ClassificationResult(labels, p.astype(np.float32), labels[int(np.argmax(lg))], lg)
-            for p, lg in zip(probs, logits, strict=True)
-        ]
-        return out if isinstance(image, (list, tuple)) else out[0]
-
-    def reset_image(self) -> None:
-        self._image, self._features = None, None
-
-    @property
-    def has_image(self) -> bool:
-        return self._features is not None
+        out = zero_shot(self.image_embedding(image), classes, labels)
+        return out if many else out[0]
 
     # -- segmentation -----------------------------------------------------------------------
+    @torch.no_grad()
+    def decode(self, encoded: EncodedImage, texts: Sequence[str], image_index=None) -> Decoded:
+        """Raw outputs for prompts on encoded images (no image-encoder run); see
+        :func:`vlseg.inference.decode`."""
+        texts, _ = _check_texts(list(texts))
+        with self._serialised():
+            return decode(self.model, encoded, texts, image_index)
+
+    def postprocess(
+        self, decoded: Decoded, encoded: EncodedImage, *, spacing=None
+    ) -> list[SegmentationResult]:
+        """Answers at each image's own resolution, with this model's serving settings; see
+        :func:`vlseg.inference.postprocess`."""
+        return postprocess(
+            decoded,
+            encoded,
+            self.serving,
+            input_size=(self.image_size, self.image_size),
+            spacing=spacing,
+            vocabulary=self.vocabulary,
+        )
+
     @torch.no_grad()
     def segment(self, image=None, text: str | Sequence[str] = "", *, spacing=None):
         """Segment what ``text`` describes.
 
         Args:
             image: path, PIL image, HxW/HxWx3 numpy array; or a list of them (one result list
-                per image); None to use the image given to :meth:`set_image`.
+                per image); an ``EncodedImage`` (from :meth:`encode`; no encoder run); None to
+                use the image given to :meth:`set_image`.
             text: a description or a list of descriptions.
             spacing: pixel spacing (row_mm, col_mm) overriding the image's own, for mm^2.
 
         Returns:
             A ``SegmentationResult`` for one image and one text, a list for a list of texts, and
-            a list of those for a list of images.
+            a list of those for several images.
         """
         texts, single_text = _check_texts(text)
-        if isinstance(image, (list, tuple)):
-            loaded = [load_image(im) for im in image]
-            feats = self._encode(loaded)
-            out = []
-            for i, im in enumerate(loaded):
-                f = feats.select(torch.tensor([i], device=self.device))
-                res = self._answer(f, im, texts, spacing)
-                out.append(res[0] if single_text else res)
-            return out
-        if image is not None:
+        many = isinstance(image, (list, tuple)) or (
+            isinstance(image, EncodedImage) and len(image) > 1
+        )
+        if image is not None and not many and not isinstance(image, EncodedImage):
             self.set_image(image)
-        if self._features is None or self._image is None:
-            raise RuntimeError("no image: pass image=... or call set_image(image) first")
-        res = self._answer(self._features, self._image, texts, spacing)
-        return res[0] if single_text else res
+            image = None
+        encoded = self._resolve(image)
+        n = len(encoded)
+        rows = [i for i in range(n) for _ in texts]
+        decoded = self.decode(encoded, texts * n, rows)
+        res = self.postprocess(decoded, encoded, spacing=spacing)
+        per_image = [res[i * len(texts) : (i + 1) * len(texts)] for i in range(n)]
+        out = [r[0] if single_text else r for r in per_image]
+        return out if many else out[0]
 
-    def _answer(self, feats: ImageFeatures, image: LoadedImage, texts: list[str], spacing):
-        tok = self.model.text.tokenize(texts)
-        with self._serialised():
-            txt = self.model.encode_text(
-                tok["ids"].to(self.device), tok["mask"].to(self.device), feats.embedding
-            )
-            out = self.model.decode(feats, txt)
-        h, w = image.size
-        probs = (
-            torch.sigmoid(
-                F.interpolate(out["logits"], size=(h, w), mode="bilinear", align_corners=False)
-            )[:, 0]
-            .float()
-            .cpu()
-            .numpy()
-        )
-        scores = torch.sigmoid(out["presence"]).float().cpu().numpy()
-        spacing = spacing or image.spacing
-        return [
-            self._result(t, p, float(s), spacing)
-            for t, p, s in zip(texts, probs, scores, strict=True)
-        ]
 
-    def _result(self, text: str, probs: np.ndarray, score: float, spacing) -> SegmentationResult:
-        present = score >= self.threshold
-        mask = (probs > self.threshold) & present
-        area = int(mask.sum())
-        n_comp = int(ndimage.label(mask, structure=np.ones((3, 3)))[1]) if area else 0
-        mm2 = area * float(spacing[0]) * float(spacing[1]) if spacing else None
-        return SegmentationResult(
-            text=text,
-            mask=mask,
-            probs=probs.astype(np.float32),
-            score=score,
-            present=present and area > 0,
-            area_px=area,
-            area_mm2=mm2,
-            n_components=n_comp,
-            unfamiliar=unfamiliar(text, self.vocabulary),
-        )
+def _is_medical(source) -> bool:
+    if not isinstance(source, (str, os.PathLike)):
+        return False
+    path = Path(source)
+    return path.is_file() and (is_nifti(path) or is_dicom(path))
 
 
 def _where(name_or_path) -> str | None:
@@ -364,22 +377,30 @@ def load(
     *,
     adapter: str | os.PathLike | None = None,
     device=None,
-    threshold: float = 0.5,
+    threshold: float | None = None,
+    allow_untrained: bool = False,
 ) -> Segmenter:
     """Load a model by registered name, checkpoint directory, or None for the embedded default.
+
+    The checkpoint's serving settings (threshold, calibration, CT window, default labels)
+    come with it (``Segmenter.serving``).
 
     Args:
         name_or_path: registered name or checkpoint directory; None = the embedded default, or
             with ``adapter`` the base model the adapter was tuned on.
         adapter: a ``vlseg tune`` adapter directory (e.g. ``runs/tune/best``) to apply.
+        threshold: overrides the checkpoint's presence/mask threshold.
+        allow_untrained: load a registered variant that has no trained decoder weights (its
+            segmentation head is random: for training or testing plumbing only).
 
     Raises:
-        ValueError: unknown name (the message lists the available ones), or an adapter tuned on
-            another base model (both weight hashes named).
+        ValueError: unknown name (the message lists the available ones), an adapter tuned on
+            another base model (both weight hashes named), or a variant without trained
+            weights unless ``allow_untrained``.
     """
     from .checkpoint import resolve
 
-    model, cfg, meta = resolve(name_or_path, adapter=adapter)
+    model, cfg, meta = resolve(name_or_path, adapter=adapter, allow_untrained=allow_untrained)
     name = cfg.name if adapter is None else f"{cfg.name}+{meta['adapter']['method']}"
     vocabulary = parse(meta.get("vocabulary"))  # None (unknown) when the checkpoint has none
     if vocabulary is not None and adapter is not None:
@@ -387,6 +408,7 @@ def load(
     seg = Segmenter(
         model,
         image_size=cfg.image_size,
+        serving=serving_of(meta),
         threshold=threshold,
         device=device,
         name=name,

@@ -32,7 +32,7 @@ from .adapters import (
 )
 from .checkpoint import WEIGHTS, load_checkpoint, resolve, save_checkpoint
 from .config import (
-    TrainConfig,
+    LoopConfig,
     _field_names,
     apply_overrides,
     from_dict,
@@ -55,14 +55,23 @@ LEARNER_FIELDS = (
 
 
 @dataclass
-class TuneConfig:
-    """One run of ``vlseg tune``."""
+class TuneConfig(LoopConfig):
+    """One run of ``vlseg tune``: the loop settings of ``LoopConfig`` (``model`` is the base
+    model, ``lr`` the learner's) plus the learner, few-shot and evaluation settings below."""
 
+    # -- tuning defaults of loop settings (described in LoopConfig)
+    out: str = "runs/tune"
+    epochs: int = 20
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 20
+    val_limit: int | None = 200
+    log_every: int = 10
+    # -- few-shot data and evaluation
     method: str = "coop"  # coop | cocoop | vpt | maple | lora
-    model: str = "phantom-tiny"  # base model: registered name or checkpoint directory
-    data: str = "data/phantoms"  # manifest dataset
-    out: str = "runs/tune"  # run directory: best/ and last/ adapters, metrics, curves, eval.json
     limit: int | None = 64  # labelled images drawn from the train split (None = all of them)
+    eval_split: str | None = "test"  # evaluated with the best adapter into eval.json
+    eval_limit: int | None = None  # eval_split items (None = all)
     # -- learner
     n_ctx: int = 4  # text context tokens (coop, cocoop, maple)
     ctx_init: str | None = None  # phrase of exactly n_ctx tokens initialising the context
@@ -82,30 +91,10 @@ class TuneConfig:
     lora_targets: list[str] = field(default_factory=lambda: ["c_proj", "value", "conv2"])
     lora_towers: list[str] = field(default_factory=lambda: ["text", "vision"])
     train_decoder: bool = False  # also tune pyramid neck, fusion, decoder, heads (into the adapter)
-    # -- optimisation
-    epochs: int = 20
-    max_steps: int | None = None  # stop after this many optimizer steps
-    batch_size: int = 16
-    lr: float = 2e-3  # learner learning rate
     lr_decoder: float = 1e-4  # decoder learning rate (train_decoder)
-    weight_decay: float = 0.0
-    warmup_steps: int = 20
-    amp: bool = True  # bf16 autocast on CUDA
-    seed: int = 0  # few-shot draw, learner init, data order
-    num_workers: int = 2
-    augment: bool = True
-    clip_weight: float = 0.2  # image-caption contrastive term (keeps zero-shot alignment)
-    # -- data and evaluation
-    train_split: str = "train"
-    val_split: str = "val"
-    eval_split: str | None = "test"  # evaluated with the best adapter into eval.json
-    val_limit: int | None = 200  # validation items per epoch
-    eval_limit: int | None = None  # eval_split items (None = all)
-    eval_every: int = 1  # epochs between validations
-    log_every: int = 10
-    resume: bool = True  # continue from out/last if it exists
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.method not in METHODS:
             raise ValueError(f"method={self.method!r}; choose one of {', '.join(METHODS)}")
         if self.vpt_mode not in VPT_MODES:
@@ -117,32 +106,6 @@ class TuneConfig:
         """The learner-defining fields, as stored in ``adapter.yaml``."""
         d = to_dict(self)
         return {k: d[k] for k in LEARNER_FIELDS}
-
-    def loop_config(self) -> TrainConfig:
-        """Settings of the shared training loop (``vlseg.engine.fit``)."""
-        return TrainConfig(
-            model=self.model,
-            data=self.data,
-            out=self.out,
-            train_split=self.train_split,
-            val_split=self.val_split,
-            epochs=self.epochs,
-            max_steps=self.max_steps,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            lr_encoder=self.lr,
-            weight_decay=self.weight_decay,
-            warmup_steps=self.warmup_steps,
-            amp=self.amp,
-            seed=self.seed,
-            num_workers=self.num_workers,
-            augment=self.augment,
-            clip_weight=self.clip_weight,
-            eval_every=self.eval_every,
-            val_limit=self.val_limit,
-            log_every=self.log_every,
-            resume=self.resume,
-        )
 
 
 def load_tune_config(
@@ -189,7 +152,7 @@ def few_shot_records(
 def _base_model(cfg: TuneConfig, out: Path, rank: int, world: int):
     """The base model, and how adapter.yaml names it. A base without weights (a bare config,
     random init) is saved to ``out/base`` first, so the adapter has a base to load on."""
-    model, mcfg, meta = resolve(cfg.model)
+    model, mcfg, meta = resolve(cfg.model, allow_untrained=True)
     ref = str(Path(cfg.model).resolve()) if Path(cfg.model).exists() else str(cfg.model)
     if meta.get("random_init"):
         if rank == 0 and not (out / "base" / WEIGHTS).is_file():
@@ -234,9 +197,8 @@ def tune(cfg: TuneConfig) -> Path:
     torch.manual_seed(cfg.seed)  # the learner's init does not depend on how the base was built
     names = attach(model, spec)
     model.to(device)
-    loop = cfg.loop_config()
     records = few_shot_records(cfg.data, cfg.train_split, cfg.limit, cfg.seed)
-    ds, val_ds = make_datasets(loop, model, mcfg.image_size, train_records=records)
+    ds, val_ds = make_datasets(cfg, model, mcfg.image_size, train_records=records)
     stats = parameter_stats(model, names)
     info = {
         "limit": cfg.limit,
@@ -260,7 +222,7 @@ def tune(cfg: TuneConfig) -> Path:
 
     summary = fit(
         model,
-        loop,
+        cfg,
         ds,
         val_ds,
         save=save,

@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 from vlseg.predictor import Segmenter
+from vlseg.serving import ServingConfig
 from vlseg.registry import build_model, model_config
 
 
@@ -24,8 +25,10 @@ def tiny_seg(tiny_model):
 
 @pytest.fixture
 def eager_seg(tiny_model):
-    """Threshold 0: every target is 'present' with a non-empty mask, to exercise area replies."""
-    return Segmenter(tiny_model, image_size=64, threshold=0.0, name="tiny-test")
+    """Threshold 0: every target is 'present' with a non-empty mask, to exercise area replies.
+    Its serving settings carry default labels, as a trained checkpoint's do."""
+    serving = ServingConfig(threshold=0.0, labels=["hepatic lesion", "normal liver", "nevus"])
+    return Segmenter(tiny_model, image_size=64, serving=serving, name="tiny-test")
 
 
 @pytest.fixture(scope="session")

@@ -96,7 +96,7 @@ def test_several_targets_one_mask_each_and_mm2_with_spacing(service, phantom_png
 
 
 def test_not_found_reply(tiny_seg, phantom_pngs, tmp_path):
-    tiny_seg.threshold = 1.01  # nothing can be present
+    tiny_seg.threshold = 1.0  # nothing can be present (presence is a sigmoid < 1)
     service = ChatService(tiny_seg, workdir=tmp_path)
     session = ChatSession()
     out = service.respond(session, "the renal cyst", [str(phantom_pngs["ct"])])
@@ -228,7 +228,7 @@ def test_unexpected_errors_become_a_reply(service, phantom_pngs, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("CUDA out of memory")
 
-    monkeypatch.setattr(service.segmenter, "_answer", boom)
+    monkeypatch.setattr(service.segmenter, "decode", boom)
     out = service.respond(session, "the liver")
     assert "something went wrong" in out.reply and "RuntimeError" in out.reply
     monkeypatch.undo()
@@ -307,3 +307,11 @@ def test_unknown_word_in_a_chat_reply(text, eager_seg, tmp_path, phantom_pngs):
         assert "not trained on" not in out.reply
     finally:
         service.close()
+
+
+def test_what_is_this_without_default_labels_asks_for_labels(tiny_seg, phantom_pngs, tmp_path):
+    service = ChatService(tiny_seg, workdir=tmp_path)  # a model that records no labels
+    session = ChatSession()
+    service.respond(session, "", [str(phantom_pngs["derm"])])
+    out = service.respond(session, "what is this?")
+    assert "no default labels" in out.reply and "Name at least two" in out.reply

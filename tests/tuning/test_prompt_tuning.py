@@ -107,8 +107,12 @@ def test_default_outputs_and_keys_match_pre_hook_reference(which):
     ref = load_file(str(ref_path))
     new = reference.reference_outputs(which)
     for k in ref:
-        # equal up to float reassociation (conv/matmul kernels differ with the thread count)
-        torch.testing.assert_close(new[k], ref[k], rtol=1e-5, atol=1e-5, msg=k)
+        # Equal up to float reassociation: CPU kernels (AVX-512/AVX2/SSE, thread count) sum in
+        # other orders. ~20 fp32 layers of up to K=4608 (3x3x512) terms: L*sqrt(K)*2^-24 ~ 8e-5
+        # of a tensor's scale (measured: <= 4.3e-5 on logits); a hook changing outputs by 1e-2
+        # still fails by 20x or more.
+        scale = ref[k].abs().max().item()
+        torch.testing.assert_close(new[k], ref[k], rtol=0, atol=2e-4 * scale + 1e-6, msg=k)
 
 
 def test_detached_learner_restores_default_outputs():
@@ -200,7 +204,7 @@ def test_only_the_learner_trains(method, base_ckpt, tiny_data, tmp_path):
     before = _base_state(model)
     names = attach(model, {**_tune_cfg(method, base_ckpt, tiny_data, tmp_path).learner_spec()})
     learner0 = {n: p.detach().clone() for n, p in model.named_parameters() if n in names}
-    cfg = _tune_cfg(method, base_ckpt, tiny_data, tmp_path).loop_config()
+    cfg = _tune_cfg(method, base_ckpt, tiny_data, tmp_path)  # a LoopConfig for fit
     records = few_shot_records(tiny_data, "train", 4, 0)
     ds, val_ds = make_datasets(cfg, model, mcfg.image_size, train_records=records)
     fit(model, cfg, ds, val_ds, save=lambda p, e: p.mkdir(exist_ok=True), restore=lambda p: None)

@@ -13,7 +13,6 @@
 from .intents import INTENTS, Intent, parse_message, split_targets
 from .replies import HELP_TEXT, RESEARCH_NOTICE
 from .service import (
-    DEFAULT_LABELS,
     MAX_MESSAGE_CHARS,
     MAX_UPLOAD_PIXELS,
     ChatService,
@@ -30,7 +29,6 @@ from .session import (
 )
 
 __all__ = [
-    "DEFAULT_LABELS",
     "HELP_TEXT",
     "INTENTS",
     "MAX_MESSAGE_CHARS",

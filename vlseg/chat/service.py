@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from vlseg.data.phantoms.dermoscopy import CLASSES as DERM_CLASSES
 from vlseg.predictor import Segmenter
 
 from . import render
@@ -54,7 +53,6 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_CHARS = 1000  # longer messages are refused politely (the model reads ~77 tokens)
 MAX_UPLOAD_PIXELS = 25_000_000  # decompression-bomb guard, checked from the file header
 MAX_HISTORY_MESSAGES = 200  # older messages are dropped from the session's chat log
-DEFAULT_LABELS = ("hepatic lesion", "normal liver", *DERM_CLASSES)
 
 
 @dataclass
@@ -91,7 +89,8 @@ class ChatService:
     Args:
         segmenter: the model; its own image cache is never used.
         index: a retrieval index with ``search_meta(vectors, k)``, or None.
-        labels: default class labels for "what is this?".
+        labels: default class labels for "what is this?" (default: the model's own,
+            ``segmenter.serving.labels``).
         max_pixels: largest accepted image (pixels).
         workdir: where session files go (default: a new directory under the system temp dir,
             which gradio may serve files from).
@@ -102,7 +101,7 @@ class ChatService:
         segmenter: Segmenter,
         index: Any = None,
         *,
-        labels: Sequence[str] = DEFAULT_LABELS,
+        labels: Sequence[str] | None = None,
         max_pixels: int = MAX_UPLOAD_PIXELS,
         workdir: str | os.PathLike[str] | None = None,
     ):
@@ -112,7 +111,7 @@ class ChatService:
             raise TypeError(f"index must have a search_meta(vectors, k) method, got {index!r}")
         self.segmenter = segmenter
         self.index = index
-        self.labels = tuple(labels)
+        self.labels = tuple(segmenter.serving.labels if labels is None else labels)
         self.max_pixels = int(max_pixels)
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="vlseg-chat-"))
         self._oneshot_dirs: deque[str] = deque()
@@ -266,6 +265,15 @@ class ChatService:
         asked = list(intent.targets)
         if len(labels) == 1:  # "is it a melanoma?": weigh it against the default labels
             labels += [x for x in self.labels if x.lower() != labels[0].lower()]
+        if len(labels) < 2:
+            return TurnOutput(
+                join_notes(
+                    notes,
+                    "This model has no default labels to choose between. Name at least two, "
+                    "e.g. *is it a melanoma or a nevus?*",
+                ),
+                **view,
+            )
         res = classify_cached(self.segmenter, session, labels)
         names, probs = res.labels, np.asarray(res.probs, dtype=np.float64)
         order = np.argsort(-probs)
@@ -361,7 +369,7 @@ class ChatService:
         try:
             return self.respond(session, text, [image] if image is not None else [])
         finally:
-            session.features = None
+            session.encoded = None
             if session.directory:
                 self._oneshot_dirs.append(session.directory)
             while len(self._oneshot_dirs) > 64:

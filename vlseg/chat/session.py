@@ -1,11 +1,10 @@
 """Per-session image cache and the model calls that use it (segment, classify, embed).
 
 A :class:`~vlseg.predictor.Segmenter` caches one image; a chat service serves many users with one
-model. So the service treats the Segmenter as read-only and each :class:`ChatSession` keeps its
-own encoded image. The calls below are the Segmenter's own code paths (``_encode`` and
-``_answer``, the ones ``set_image`` and ``segment`` use; ``class_embeddings`` for ``classify``)
-with the session's features passed in, so a chat answer equals ``Segmenter.segment`` (or
-``Segmenter.classify``) on the same image and text.
+model. So the service never uses the Segmenter's own cache: each :class:`ChatSession` keeps the
+:class:`~vlseg.inference.EncodedImage` that ``Segmenter.encode`` returned and passes it to
+``Segmenter.segment`` / ``Segmenter.classify``, so a chat answer is the library's answer on the
+same image and text, and a follow-up never re-runs the image encoder.
 """
 
 from __future__ import annotations
@@ -17,12 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from vlseg.data.io import LoadedImage, load_image
-from vlseg.modeling.vlseg import ImageFeatures
-from vlseg.predictor import ClassificationResult, SegmentationResult, Segmenter
+from vlseg.data.io import LoadedImage
+from vlseg.inference import ClassificationResult, EncodedImage, SegmentationResult
+from vlseg.predictor import Segmenter
 
 
 @dataclass
@@ -30,8 +27,8 @@ class ChatSession:
     """One user's conversation; lives in ``gr.State``, never in the shared model.
 
     Attributes:
-        image: the current image, or None before the first upload.
-        features: the image encoder's output for ``image`` (on the model's device).
+        encoded: the current image after the image encoder (on the model's device), or None
+            before the first upload.
         image_name: file name shown in replies.
         spacing: pixel spacing (row_mm, col_mm) the user stated; overrides the image's own.
         results: the last segmentation results (``probs`` dropped to save memory).
@@ -41,8 +38,7 @@ class ChatSession:
         spacing_hint_given: whether the reply already said that areas are in pixels only.
     """
 
-    image: LoadedImage | None = None
-    features: ImageFeatures | None = None
+    encoded: EncodedImage | None = None
     image_name: str = ""
     spacing: tuple[float, float] | None = None
     results: list[SegmentationResult] = field(default_factory=list)
@@ -52,8 +48,13 @@ class ChatSession:
     spacing_hint_given: bool = False
 
     @property
+    def image(self) -> LoadedImage | None:
+        """The current image as loaded (``rgb`` is what the model saw)."""
+        return None if self.encoded is None else self.encoded.images[0]
+
+    @property
     def has_image(self) -> bool:
-        return self.image is not None and self.features is not None
+        return self.encoded is not None
 
     @property
     def effective_spacing(self) -> tuple[float, float] | None:
@@ -63,7 +64,7 @@ class ChatSession:
         """Delete this session's files and drop the cached features."""
         if self.directory:
             shutil.rmtree(self.directory, ignore_errors=True)
-        self.directory, self.features, self.image, self.results = None, None, None, []
+        self.directory, self.encoded, self.results = None, None, []
 
 
 def encode_image(
@@ -77,52 +78,39 @@ def encode_image(
     Raises:
         ValueError, TypeError, FileNotFoundError: from :func:`vlseg.data.io.load_image`.
     """
-    loaded = load_image(source, max_pixels=max_pixels)
-    features = seg._encode([loaded])  # the path set_image takes, without touching seg's cache
-    session.image, session.features, session.image_name = loaded, features, name
+    encoded = seg.encode(source, max_pixels=max_pixels)
+    session.encoded, session.image_name = encoded, name
     session.spacing, session.results, session.spacing_hint_given = None, [], False
-    return loaded
+    return encoded.images[0]
 
 
 def segment_cached(seg: Segmenter, session: ChatSession, texts: Sequence[str]):
     """``Segmenter.segment`` on the session's cached image: no image-encoder run.
 
     Returns:
-        One :class:`~vlseg.predictor.SegmentationResult` per text.
+        One :class:`~vlseg.inference.SegmentationResult` per text.
     """
     _require_image(session)
-    with torch.no_grad():
-        return seg._answer(session.features, session.image, list(texts), session.spacing)
+    return seg.segment(session.encoded, list(texts), spacing=session.spacing)
 
 
 def image_embedding(session: ChatSession) -> np.ndarray:
     """The session image's CLIP embedding, L2-normalised: (E,) float32, from the cache."""
     _require_image(session)
-    emb = session.features.embedding.detach().float()[0]
-    return F.normalize(emb, dim=-1).cpu().numpy().astype(np.float32)
+    return session.encoded.embedding[0]
 
 
 def classify_cached(
-    seg: Segmenter, session: ChatSession, labels: Sequence[str], templates: Any = None
+    seg: Segmenter, session: ChatSession, labels: Sequence[str] | None, templates: Any = None
 ) -> ClassificationResult:
     """``Segmenter.classify`` on the session's cached image: no image-encoder run.
 
-    The same computation as ``Segmenter.classify`` (softmax over ``100 * image @ classes.T``
-    with the Segmenter's cached, template-averaged class embeddings), with the session's image
-    embedding in place of the Segmenter's own cache.
-
     Args:
-        labels: at least two class names.
+        labels: at least two class names; None: the model's default labels.
         templates: a template-set name, a list of ``{}`` strings, or None (``generic``).
     """
-    labels = [str(label).strip() for label in labels]
-    if len(labels) < 2 or not all(labels):
-        raise ValueError("give at least two non-empty labels to choose between")
-    classes = seg.class_embeddings(labels, templates)  # (C, E), L2-normalised
-    logits = 100.0 * image_embedding(session) @ classes.T  # (C,)
-    probs = np.exp(logits - logits.max())
-    probs /= probs.sum()
-    return ClassificationResult(labels, probs.astype(np.float32), labels[int(np.argmax(probs))])
+    _require_image(session)
+    return seg.classify(session.encoded, labels, templates)
 
 
 def search_similar(index: Any, session: ChatSession, k: int) -> list[dict[str, Any]]:

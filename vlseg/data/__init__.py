@@ -1,8 +1,8 @@
 """Datasets: procedural phantoms, manifests, image I/O and transforms."""
 
+from vlseg.atomic import atomic_write
 from vlseg.data.io import (
     LoadedImage,
-    atomic_write,
     load_image,
     load_mask,
     read_image_size,
@@ -12,6 +12,7 @@ from vlseg.data.manifest import (
     ManifestDataset,
     Record,
     collate,
+    load_record_target,
     read_manifest,
     validate_records,
     write_manifest,
@@ -28,6 +29,7 @@ __all__ = [
     "ManifestDataset",
     "Record",
     "collate",
+    "load_record_target",
     "read_manifest",
     "validate_records",
     "write_manifest",

@@ -18,19 +18,21 @@ Conversions (all to ``HxWx3`` ``uint8`` RGB):
 - EXIF orientation is applied (``PIL.ImageOps.exif_transpose``).
 
 DICOM and NIfTI files are read by :mod:`vlseg.data.medical_io` (pydicom / nibabel, imported only
-when such a file is read) with CT windowing and pixel spacing.
+when such a file is read) with pixel spacing, the modality LUT and the file's own VOI window/LUT.
+
+Two views of one image. ``LoadedImage.rgb`` is what the model sees: with ``window=`` (the CT window
+the model was trained with) CT data are windowed that way whatever the file says, so a model gets
+the intensities it learnt from. ``LoadedImage.display`` is for people: the file's own VOI window or
+LUT (what a DICOM viewer shows), or ``rgb`` itself when the file names none.
 
 Masks are boolean ``HxW`` arrays; :func:`save_mask_png` writes them as 0/255 PNGs through
-:func:`atomic_write`, which any writer can reuse.
+:func:`vlseg.atomic.atomic_write` (the one save protocol; re-exported here, with
+``atomic_directory`` and ``write_json``, for older imports).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,39 +40,53 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from vlseg.atomic import atomic_directory, atomic_write, write_json
 from vlseg.data import medical_io
-from vlseg.data.medical_io import SUPPORTED_FORMATS, check_pixels, unreadable_error
+from vlseg.data.medical_io import (
+    SUPPORTED_FORMATS,
+    apply_window,
+    check_pixels,
+    check_window,
+    unreadable_error,
+)
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "SUPPORTED_FORMATS",
     "LoadedImage",
     "apply_window",
+    "atomic_directory",
     "atomic_write",
     "load_image",
     "load_mask",
     "read_image_size",
     "save_mask_png",
     "to_uint8",
+    "write_json",
 ]
 
 DEFAULT_MAX_PIXELS = 50_000_000
-
-# Read once at import (under the import lock) so atomic_write can give new files the usual
-# permissions instead of mkstemp's 0600, without racing other threads on os.umask.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 @dataclass(frozen=True)
 class LoadedImage:
     """An image ready for the model, with what is known about where it came from."""
 
-    rgb: np.ndarray  # (H, W, 3) uint8
+    rgb: np.ndarray  # (H, W, 3) uint8: the model input (windowed with load_image's window=)
     spacing: tuple[float, float] | None  # mm per pixel as (row, col); None when unknown
     source: str  # human-readable origin: a path or "numpy array (uint16, shape (H, W))"
     original_dtype: str  # dtype of the stored pixels before conversion, e.g. "uint16"
     meta: dict[str, Any] = field(default_factory=dict)  # format, window, slice index, ...
+    # (H, W, 3) uint8 for people: the file's own VOI window/LUT; rgb itself when the file has none
+    display: np.ndarray = None  # type: ignore[assignment]  # None -> rgb, set in __post_init__
+
+    def __post_init__(self) -> None:
+        if self.display is None:
+            object.__setattr__(self, "display", self.rgb)
+        elif self.display.shape != self.rgb.shape:
+            raise ValueError(
+                f"display shape {self.display.shape} differs from rgb shape {self.rgb.shape}"
+            )
 
     @property
     def size(self) -> tuple[int, int]:
@@ -96,16 +112,28 @@ def load_image(
             array (``HxW`` or ``HxWxC`` with C in 1/3/4; bool, uint8, uint16, other integers with
             values in ``[0, 65535]``, or floats in ``[0, 1]``), or a :class:`LoadedImage`
             (returned unchanged).
-        window: ``(level, width)`` intensity window for single-channel data, e.g. ``(40, 400)``
-            for soft tissue in Hounsfield units. Replaces the default conversion. For DICOM and
-            NIfTI the default is the file's own window, else soft tissue for CT-like values.
+        window: ``(level, width)`` of the CT window the model was trained with, in Hounsfield
+            units, e.g. ``(40, 400)`` for soft tissue. It sets ``rgb`` (the model input) for
+            data in physical units: DICOM with modality CT (or no modality and HU-like values),
+            every NIfTI slice (NIfTI names no modality), and single-channel files or arrays
+            wider than 8 bits (16-bit PNG, int16 HU arrays, floats). Other data ignore it
+            (``meta["window_source"]`` says so): 8-bit, boolean and colour images are display
+            values already, and a CT window means nothing for MR, X-ray or ultrasound DICOM.
+            Windowed CT is not inverted for MONOCHROME1 (the model sees HU, bright = dense).
+            None: DICOM and NIfTI use the file's own window/VOI LUT, else soft tissue for
+            CT-like values, else min-max; other inputs convert as listed above.
         slice_index: slice of a NIfTI volume (along the voxel axis closest to superior-inferior)
             or frame of a multi-frame DICOM; default the middle one. Ignored for 2-D images.
         max_pixels: refuse images with more than this many pixels (a guard against
             decompression bombs), checked from the header before any pixel is decoded.
 
     Returns:
-        The converted image; ``spacing`` is set for DICOM and NIfTI files.
+        The converted image. ``rgb`` feeds the model; ``display`` shows the image the way the
+        file asks (DICOM VOI LUT or window, NIfTI cal_min/cal_max) and equals ``rgb`` when the
+        file names no window. ``spacing`` is set for DICOM and NIfTI files. ``meta["window"]``
+        is the ``(level, width)`` behind ``rgb`` (None for min-max, a VOI LUT or no windowing)
+        and ``meta["window_source"]`` where it came from: "model" (``window=``), "file",
+        "file VOI LUT", "default soft tissue" or "min-max".
 
     Raises:
         FileNotFoundError: the path does not exist.
@@ -116,21 +144,23 @@ def load_image(
     if isinstance(source, LoadedImage):
         return source
     if window is not None:
-        window = _check_window(window)
+        window = check_window(window)
     if isinstance(source, (str, os.PathLike)):
         return _load_path(Path(source), window, slice_index, max_pixels)
     if isinstance(source, Image.Image):
         name = f"PIL image (mode {source.mode}, {source.width}x{source.height})"
         check_pixels(source.height, source.width, max_pixels, name)
         arr = _pil_to_array(source, name)
-        rgb = _pil_array_to_rgb(arr, window, name)
-        return LoadedImage(rgb, None, name, str(arr.dtype), {"format": "pil", "mode": source.mode})
+        rgb, meta = _plain_to_rgb(arr, window, name, from_file=True)
+        meta.update(format="pil", mode=source.mode)
+        return LoadedImage(rgb, None, name, str(arr.dtype), meta)
     if isinstance(source, np.ndarray):
         name = f"numpy array ({source.dtype}, shape {tuple(source.shape)})"
         if source.ndim >= 2:
             check_pixels(source.shape[0], source.shape[1], max_pixels, name)
-        rgb = _array_to_rgb(source, window, name)
-        return LoadedImage(rgb, None, name, str(source.dtype), {"format": "array"})
+        rgb, meta = _plain_to_rgb(source, window, name, from_file=False)
+        meta.update(format="array")
+        return LoadedImage(rgb, None, name, str(source.dtype), meta)
     raise TypeError(
         f"cannot load an image from {type(source).__module__}.{type(source).__qualname__}; "
         "expected a path (str or pathlib.Path), a PIL.Image.Image or a numpy.ndarray "
@@ -158,23 +188,6 @@ def read_image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
         if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):
             w, h = h, w
     return int(h), int(w)
-
-
-def apply_window(values: np.ndarray, level: float, width: float) -> np.ndarray:
-    """Map values linearly from ``[level - width/2, level + width/2]`` to uint8, clipping outside.
-
-    Args:
-        values: any real array, e.g. Hounsfield units.
-        level: window centre, e.g. 40 for soft tissue.
-        width: window width (> 0), e.g. 400 for soft tissue.
-
-    Returns:
-        uint8 array of the same shape.
-    """
-    level, width = _check_window((level, width))
-    lo = level - width / 2.0
-    scaled = (np.asarray(values, dtype=np.float64) - lo) / width
-    return np.rint(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def to_uint8(values: np.ndarray) -> np.ndarray:
@@ -205,17 +218,30 @@ def _load_path(
         return _load_pil_file(path, window, max_pixels)
     if values.size == 0:
         raise ValueError(f"{path}: the image is empty (shape {values.shape})")
+    meta = dict(info.meta)
     if values.ndim == 3:  # colour DICOM: already display values
-        rgb = _array_to_rgb(values, None, str(path), strict_float=False)
-        win = None
+        rgb = _array_to_rgb(values, str(path), strict_float=False)
+        meta.update(window=None, window_source="colour")
+        return LoadedImage(rgb, info.spacing, str(path), info.dtype, meta)
+    if window is not None and info.ct:
+        gray = apply_window(values, *window)  # HU, not inverted: what the model learnt from
+        meta.update(window=window, window_source="model")
+    elif info.view is not None:
+        gray = info.view
+        lut = meta.get("voi") == "VOI LUT"
+        meta.update(window=meta.get("file_window"), window_source="file VOI LUT" if lut else "file")
     else:
-        win = window or info.window
+        win = info.window
         gray = apply_window(values, *win) if win is not None else to_uint8(values)
         if info.invert:
             gray = 255 - gray
-        rgb = _gray_to_rgb(gray)
-    meta = dict(info.meta, window=win)
-    return LoadedImage(np.ascontiguousarray(rgb), info.spacing, str(path), info.dtype, meta)
+        source = "min-max" if win is None else "default soft tissue"
+        meta.update(window=win, window_source=source)
+    if window is not None and not info.ct:
+        meta["window_source"] += f" (window= ignored: modality {meta.get('modality')!r} is not CT)"
+    rgb = np.ascontiguousarray(_gray_to_rgb(gray))
+    display = None if info.view is None or info.view is gray else _gray_to_rgb(info.view)
+    return LoadedImage(rgb, info.spacing, str(path), info.dtype, meta, display)
 
 
 def _load_pil_file(path: Path, window: tuple[float, float] | None, max_pixels: int) -> LoadedImage:
@@ -232,8 +258,8 @@ def _load_pil_file(path: Path, window: tuple[float, float] | None, max_pixels: i
             raise
         except Exception as exc:  # PIL raises many exception types for corrupt data
             raise unreadable_error(path, exc) from exc
-    rgb = _pil_array_to_rgb(arr, window, str(path))
-    return LoadedImage(rgb, None, str(path), str(arr.dtype), meta)
+    rgb, window_meta = _plain_to_rgb(arr, window, str(path), from_file=True)
+    return LoadedImage(rgb, None, str(path), str(arr.dtype), {**meta, **window_meta})
 
 
 def _open_pil(path: Path) -> Image.Image:
@@ -265,20 +291,36 @@ def _pil_to_array(im: Image.Image, name: str) -> np.ndarray:
     return arr
 
 
-def _pil_array_to_rgb(arr: np.ndarray, window: tuple[float, float] | None, name: str) -> np.ndarray:
+def _plain_to_rgb(
+    arr: np.ndarray, window: tuple[float, float] | None, name: str, *, from_file: bool
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Pixels of a PNG/JPEG/TIFF file, PIL image or array as HxWx3 uint8, and window meta.
+
+    ``window`` applies only to single-channel data wider than 8 bits (the only such data that
+    can hold Hounsfield units); 8-bit, boolean and colour pixels are display values already.
+    """
+    if window is None:
+        return (_file_array_to_rgb(arr, name) if from_file else _array_to_rgb(arr, name)), {}
+    gray = arr[:, :, 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr
+    if gray.ndim == 2 and gray.size and gray.dtype.kind in "iuf" and gray.dtype != np.uint8:
+        rgb = np.ascontiguousarray(_gray_to_rgb(apply_window(gray, *window)))
+        return rgb, {"window": window, "window_source": "model"}
+    rgb = _file_array_to_rgb(arr, name) if from_file else _array_to_rgb(arr, name)
+    return rgb, {"window": None, "window_source": "none (window= ignored: 8-bit or colour)"}
+
+
+def _file_array_to_rgb(arr: np.ndarray, name: str) -> np.ndarray:
     if arr.size == 0:
         raise ValueError(f"{name}: the image is empty (shape {arr.shape})")
     # High-bit-depth files (I;16, I, F) are not bounded like arrays are: always rescale them.
-    if arr.ndim == 2 and arr.dtype not in (np.uint8, np.bool_) and window is None:
+    if arr.ndim == 2 and arr.dtype not in (np.uint8, np.bool_):
         if arr.dtype.kind == "f" and _in_unit_range(arr):
             return _gray_to_rgb(np.rint(arr * 255.0).astype(np.uint8))
         return _gray_to_rgb(to_uint8(arr))
-    return _array_to_rgb(arr, window, name, strict_float=False)
+    return _array_to_rgb(arr, name, strict_float=False)
 
 
-def _array_to_rgb(
-    arr: np.ndarray, window: tuple[float, float] | None, name: str, *, strict_float: bool = True
-) -> np.ndarray:
+def _array_to_rgb(arr: np.ndarray, name: str, *, strict_float: bool = True) -> np.ndarray:
     """Validate and convert an ``HxW``/``HxWxC`` array to ``HxWx3`` uint8."""
     if arr.dtype.kind not in "biuf":
         raise ValueError(
@@ -302,10 +344,6 @@ def _array_to_rgb(
         )
     if arr.size == 0:
         raise ValueError(f"{name}: the image is empty (shape {arr.shape})")
-    if window is not None:
-        if arr.ndim != 2:
-            raise ValueError(f"{name}: window= applies to single-channel images, got {arr.shape}")
-        return _gray_to_rgb(apply_window(arr, *window))
     alpha = None
     if arr.ndim == 3 and arr.shape[2] == 4:
         arr, alpha = arr[:, :, :3], _alpha_to_unit(arr[:, :, 3], name)
@@ -368,16 +406,6 @@ def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
 
 def _in_unit_range(arr: np.ndarray) -> bool:
     return bool(arr.min() >= 0.0 and arr.max() <= 1.0)
-
-
-def _check_window(window: tuple[float, float]) -> tuple[float, float]:
-    try:
-        level, width = (float(v) for v in window)
-    except (TypeError, ValueError):
-        raise ValueError(f"window must be (level, width), got {window!r}") from None
-    if not (np.isfinite(level) and np.isfinite(width) and width > 0):
-        raise ValueError(f"window must be finite with width > 0, got (level, width)={window!r}")
-    return level, width
 
 
 def _check_path(path: Path) -> Path:
@@ -534,90 +562,4 @@ def save_mask_png(mask: np.ndarray, path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     with atomic_write(path) as tmp:
         Image.fromarray(binary.astype(np.uint8) * 255, mode="L").save(tmp, format="PNG")
-    return path
-
-
-@contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Build a directory in a temporary sibling and swap it into place on success.
-
-    Yields the temporary directory to fill. On success any existing ``path`` is renamed away, the
-    new directory renamed in and the old copy removed; on error the temporary one is deleted and
-    ``path`` is left as it was.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        yield tmp
-        old = path.with_name(f".{path.name}.old")
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success fsync it and rename it over ``path``.
-
-    The temporary file lives in the same directory (so ``os.replace`` is atomic) and ends with
-    the destination's full name (so writers that infer the format from the extension, e.g.
-    ``PIL.Image.save`` or nibabel, still work). On error it is removed and ``path`` is untouched.
-
-    Example:
-        >>> with atomic_write("out/mask.png") as tmp:  # doctest: +SKIP
-        ...     Image.fromarray(m).save(tmp)
-
-    Args:
-        path: final destination; parent directories are created.
-
-    Yields:
-        The temporary path to write to (it exists and is empty).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=f"-{path.name}")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o7777)
-        else:
-            os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Persist the rename itself (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_json(path: str | os.PathLike[str], data) -> Path:
-    """Write ``data`` as indented JSON atomically (temp file, fsync, rename)."""
-    import json
-
-    path = Path(path)
-    with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
     return path

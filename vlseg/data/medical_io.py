@@ -1,7 +1,14 @@
-"""DICOM and NIfTI slices: raw values, default CT window and pixel spacing.
+"""DICOM and NIfTI slices: raw values, the file's own display rendering, and pixel spacing.
 
 Used by :mod:`vlseg.data.io`; most callers want :func:`vlseg.data.io.load_image` instead.
 pydicom and nibabel are imported only when such a file is read (``pip install vlseg[medical]``).
+
+Intensities are left to the library that owns the format: pydicom's ``apply_modality_lut``
+(Rescale Slope/Intercept or a Modality LUT Sequence) gives the stored values in physical units
+(Hounsfield units for CT), and its ``apply_voi_lut`` renders the file's own VOI module (a VOI LUT
+Sequence, or Window Center/Width with any VOI LUT Function: LINEAR, LINEAR_EXACT, SIGMOID). That
+rendering is the file's *display* view; which window feeds a model is decided by the caller
+(:func:`vlseg.data.io.load_image`'s ``window``).
 
 Orientation. DICOM pixels are shown as stored (rows top to bottom), which is how every viewer
 shows them. NIfTI voxel order depends on the affine, so a slice is turned into the radiological
@@ -13,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -24,7 +32,9 @@ __all__ = [
     "SOFT_TISSUE_WINDOW",
     "SUPPORTED_FORMATS",
     "SliceInfo",
+    "apply_window",
     "check_pixels",
+    "check_window",
     "dicom_size",
     "is_dicom",
     "is_nifti",
@@ -46,10 +56,15 @@ class SliceInfo:
     """What a reader learned about a slice besides its values."""
 
     spacing: tuple[float, float] | None  # mm per pixel (row, col)
-    window: tuple[float, float] | None  # default (level, width); None means min-max rescale
+    window: tuple[float, float] | None  # fallback (level, width) when the file names no window:
+    # soft tissue for CT-like values, None for a min-max rescale
     invert: bool  # MONOCHROME1: high values display dark
     dtype: str  # stored pixel dtype, e.g. "uint16"
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)  # also "file_window": the file's (level,
+    # width) or None, and "voi": how ``view`` was made ("window", "VOI LUT", None)
+    view: np.ndarray | None = None  # HxW uint8: the slice as the file says to display it (its VOI
+    # LUT or window, MONOCHROME1 applied); None when the file names no window
+    ct: bool = False  # values are CT Hounsfield units, so a model's CT window applies to them
 
 
 def is_dicom(path: Path) -> bool:
@@ -87,6 +102,34 @@ def check_pixels(height: int, width: int, max_pixels: int, name: str) -> None:
             f"{max_pixels:,} pixels (max_pixels); downsample it or raise max_pixels if you trust "
             "the source"
         )
+
+
+def check_window(window: tuple[float, float]) -> tuple[float, float]:
+    """``(level, width)`` as two finite floats with ``width > 0``, else ValueError."""
+    try:
+        level, width = (float(v) for v in window)
+    except (TypeError, ValueError):
+        raise ValueError(f"window must be (level, width), got {window!r}") from None
+    if not (np.isfinite(level) and np.isfinite(width) and width > 0):
+        raise ValueError(f"window must be finite with width > 0, got (level, width)={window!r}")
+    return level, width
+
+
+def apply_window(values: np.ndarray, level: float, width: float) -> np.ndarray:
+    """Map values linearly from ``[level - width/2, level + width/2]`` to uint8, clipping outside.
+
+    Args:
+        values: any real array, e.g. Hounsfield units.
+        level: window centre, e.g. 40 for soft tissue.
+        width: window width (> 0), e.g. 400 for soft tissue.
+
+    Returns:
+        uint8 array of the same shape.
+    """
+    level, width = check_window((level, width))
+    lo = level - width / 2.0
+    scaled = (np.asarray(values, dtype=np.float64) - lo) / width
+    return np.rint(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def unreadable_error(path: Path, exc: BaseException | str) -> ValueError:
@@ -156,9 +199,12 @@ def read_dicom(
         max_pixels: refuse frames larger than this, checked before decoding.
 
     Returns:
-        ``values``: ``HxW`` float64 after RescaleSlope/RescaleIntercept (Hounsfield units for CT),
-        or ``HxWx3`` for colour images; and a :class:`SliceInfo` whose ``window`` is the file's
-        WindowCenter/WindowWidth, else soft tissue (40, 400) for CT, else None (min-max).
+        ``values``: ``HxW`` float64 after the modality LUT (pydicom ``apply_modality_lut``:
+        Hounsfield units for CT), or ``HxWx3`` for colour images; and a :class:`SliceInfo` whose
+        ``view`` is the file's VOI rendering (pydicom ``apply_voi_lut``: VOI LUT Sequence, else
+        Window Center/Width with its VOI LUT Function), ``window`` the fallback soft tissue
+        (40, 400) for CT-like values (else None, min-max), and ``ct`` True for modality CT (or no
+        modality and values that look like Hounsfield units).
     """
     ds = _dcmread(path, header_only=False)
     rows, cols = int(ds.Rows), int(ds.Columns)
@@ -200,22 +246,66 @@ def read_dicom(
     if samples > 1:  # colour; pydicom already converted YBR to RGB
         return arr, SliceInfo(spacing, None, False, str(arr.dtype), meta)
 
-    slope = _first_float(ds.get("RescaleSlope")) or 1.0
-    intercept = _first_float(ds.get("RescaleIntercept")) or 0.0
-    values = arr.astype(np.float64) * slope + intercept
-    meta["rescale"] = (slope, intercept)
-    level = _first_float(ds.get("WindowCenter"))
-    width = _first_float(ds.get("WindowWidth"))
-    if level is not None and width is not None and width > 0:
-        window: tuple[float, float] | None = (level, width)
-        meta["window_source"] = "file"
-    elif modality.upper() == "CT" or looks_like_hu(values):
-        window = SOFT_TISSUE_WINDOW
-        meta["window_source"] = "default soft tissue"
-    else:
-        window = None
-        meta["window_source"] = "min-max"
-    return values, SliceInfo(spacing, window, photometric == "MONOCHROME1", str(arr.dtype), meta)
+    from pydicom.pixels import apply_modality_lut
+
+    values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+    if "ModalityLUTSequence" in ds:
+        meta["modality_lut"] = "sequence"
+    elif "RescaleSlope" in ds and "RescaleIntercept" in ds:
+        meta["rescale"] = (float(ds.RescaleSlope), float(ds.RescaleIntercept))
+    invert = photometric == "MONOCHROME1"
+    view, voi = _dicom_voi_view(ds, values, invert, path)
+    level, width = _first_float(ds.get("WindowCenter")), _first_float(ds.get("WindowWidth"))
+    meta["file_window"] = (level, width) if voi == "window" else None
+    meta["voi"] = voi
+    hu_like = looks_like_hu(values)
+    ct = modality.upper() == "CT" or (not modality and hu_like)
+    fallback = SOFT_TISSUE_WINDOW if modality.upper() == "CT" or hu_like else None
+    return values, SliceInfo(spacing, fallback, invert, str(arr.dtype), meta, view, ct)
+
+
+def _dicom_voi_view(
+    ds: Any, values: np.ndarray, invert: bool, path: Path
+) -> tuple[np.ndarray | None, str | None]:
+    """The file's VOI rendering as HxW uint8 and what made it ("VOI LUT", "window"), or
+    ``(None, None)`` when the file has no usable VOI module."""
+    from pydicom.pixels import apply_voi_lut
+
+    lut_items = ds.get("VOILUTSequence") or []
+    has_lut = bool(lut_items) and all(k in lut_items[0] for k in ("LUTDescriptor", "LUTData"))
+    has_window = ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None
+    if not (has_lut or has_window):
+        return None, None
+    try:
+        if has_lut:  # pydicom prefers the LUT when both are present, as PS3.3 C.11.2 allows
+            descriptor = lut_items[0].LUTDescriptor  # (entries, first input value, bits)
+            n, first = int(descriptor[0]) or 2**16, int(descriptor[1])
+            # Clip to the LUT's inputs first: pydicom 3.0 indexes through an array of the entry
+            # dtype, so an input past 255 would wrap around an 8-bit LUT instead of saturating.
+            # (LUT inputs are integers; the modality output is float64 only by our cast.)
+            index = np.clip(np.rint(values), first, first + n - 1).astype(np.int64)
+            out = apply_voi_lut(index, ds)
+            # Scale by the range the LUT really spans: many files declare 16 bits per entry for
+            # 12-bit LUT data, which would otherwise show almost black.
+            entries = apply_voi_lut(np.arange(first, first + n, dtype=np.int64), ds)
+            lo, hi, voi = float(entries.min()), float(entries.max()), "VOI LUT"
+        else:
+            out = apply_voi_lut(values, ds)
+            # The output range (pydicom maps below/above the window to the stored bit range):
+            # read it back by pushing the two extremes through the same function.
+            with np.errstate(over="ignore"):
+                lo, hi = apply_voi_lut(np.array([-1e300, 1e300]), ds).tolist()
+            voi = "window"
+    except MemoryError:
+        raise
+    except Exception as exc:  # a malformed VOI module: fall back to the default window
+        warnings.warn(f"{path}: ignoring the file's VOI window/LUT ({exc})", stacklevel=3)
+        return None, None
+    if not hi > lo:
+        return None, None
+    gray = np.rint(np.clip((out.astype(np.float64) - lo) / (hi - lo), 0.0, 1.0) * 255.0)
+    gray = gray.astype(np.uint8)
+    return (255 - gray if invert else gray), voi
 
 
 def _dicom_spacing(ds: Any) -> tuple[float, float] | None:
@@ -312,8 +402,9 @@ def read_nifti(
 
     Returns:
         ``values``: ``HxW`` array after the header's scl_slope/scl_inter; and a
-        :class:`SliceInfo` with spacing ``(row, col)`` from the header zooms and a default window
-        from cal_min/cal_max, else soft tissue when the values look like Hounsfield units.
+        :class:`SliceInfo` with spacing ``(row, col)`` from the header zooms, ``view`` windowed
+        by the header's cal_min/cal_max (when set), and the fallback window soft tissue when the
+        values look like Hounsfield units.
     """
     img = _nifti_load(path)
     plane = _nifti_plane(img, path)
@@ -357,14 +448,13 @@ def read_nifti(
     }
     header = img.header
     cal_min, cal_max = _first_float(header.get("cal_min")), _first_float(header.get("cal_max"))
-    window: tuple[float, float] | None = None
+    view = None
+    meta["file_window"] = meta["voi"] = None
     if cal_min is not None and cal_max is not None and cal_max > cal_min:
-        window = ((cal_min + cal_max) / 2.0, cal_max - cal_min)
-        meta["window_source"] = "file"
-    elif looks_like_hu(values):
-        window = SOFT_TISSUE_WINDOW
-        meta["window_source"] = "default soft tissue"
-    else:
-        meta["window_source"] = "min-max"
+        meta["file_window"] = ((cal_min + cal_max) / 2.0, cal_max - cal_min)
+        meta["voi"] = "window"
+        view = apply_window(values, *meta["file_window"])
+    fallback = SOFT_TISSUE_WINDOW if looks_like_hu(values) else None
     dtype = str(np.dtype(img.get_data_dtype()))
-    return values, SliceInfo(spacing, window, False, dtype, meta)
+    # NIfTI names no modality; a caller passes a CT window only for a CT model, so it applies.
+    return values, SliceInfo(spacing, fallback, False, dtype, meta, view, ct=True)

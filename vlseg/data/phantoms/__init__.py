@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..io import atomic_directory
+from ...atomic import atomic_directory
 from .ct import ct_caption, ct_targets, render_ct
 from .dermoscopy import CLASSES as DERM_CLASSES
 from .dermoscopy import derm_caption, derm_targets, render_dermoscopy

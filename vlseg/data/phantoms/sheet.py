@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
+from ...atomic import atomic_write
 from .sample import PhantomSample
 
 COLOURS = [
@@ -83,8 +84,6 @@ def contact_sheet(
                 (x0 + 4, y), f'"{t.prompts[0]}" -> not present', fill=(150, 150, 150), font=font
             )
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    sheet.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        sheet.save(tmp, format="PNG")
     return path

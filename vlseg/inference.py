@@ -1,0 +1,315 @@
+"""The inference core: ``encode`` an image once, ``decode`` any number of prompts against it,
+and turn the raw outputs into answers with one ``postprocess``.
+
+Everything that answers a prompt goes through these three functions: ``Segmenter`` (the Python
+API), ``vlseg eval`` (``evaluation.evaluate``), ``vlseg predict`` and the chat. So a threshold,
+a calibration or a measurement is defined here once, and an evaluation scores exactly what a
+user gets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from .data.io import LoadedImage
+from .modeling.vlseg import ImageFeatures
+from .serving import ServingConfig
+from .vocabulary import unfamiliar
+
+VERDICTS = ("present", "absent", "unsure", "out-of-domain")
+
+
+@dataclass
+class EncodedImage:
+    """N images after the image encoder: what every follow-up prompt on them reuses.
+
+    Attributes:
+        features: the encoder's output, N rows (maps B x C x H_i x W_i, embedding N x E).
+        sizes: (H, W) of each image as given, the resolution answers are returned at.
+        spacings: pixel spacing (row_mm, col_mm) of each image, or None when unknown.
+        images: the loaded images (for display), or None when encoded from tensors.
+    """
+
+    features: ImageFeatures
+    sizes: list[tuple[int, int]]
+    spacings: list[tuple[float, float] | None]
+    images: list[LoadedImage] | None = None
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def __getitem__(self, i: int) -> EncodedImage:
+        """Image ``i`` alone (its features stay on the same device; no copy of the maps)."""
+        index = torch.tensor([i], device=self.features.embedding.device)
+        images = None if self.images is None else [self.images[i]]
+        return EncodedImage(
+            self.features.select(index), [self.sizes[i]], [self.spacings[i]], images
+        )
+
+    @property
+    def embedding(self) -> np.ndarray:
+        """L2-normalised CLIP image embeddings, N x E float32 (what zero-shot and retrieval
+        compare with text)."""
+        emb = F.normalize(self.features.embedding.detach().float(), dim=-1)
+        return emb.cpu().numpy().astype(np.float32)
+
+
+@dataclass
+class Decoded:
+    """Raw decoder outputs for B (image, text) pairs.
+
+    Attributes:
+        logits: B x 1 x h x w mask logits at the decoder's resolution (input size / 4).
+        presence: B raw presence logits (before calibration).
+        image_index: B, which row of the ``EncodedImage`` each text was answered on.
+        texts: the B prompts.
+    """
+
+    logits: torch.Tensor
+    presence: torch.Tensor
+    image_index: list[int]
+    texts: list[str]
+
+
+@dataclass
+class SegmentationResult:
+    """The answer to one (image, text) prompt.
+
+    Attributes:
+        text: the prompt.
+        mask: H x W bool at the input image's resolution (empty unless ``verdict`` is
+            "present").
+        probs: H x W float32 per-pixel foreground probability in [0, 1].
+        score: calibrated presence probability in [0, 1] (is the described thing in the image
+            at all).
+        verdict: "present" or "absent" (later releases add "unsure" and "out-of-domain").
+        area_px: foreground pixels of ``mask``.
+        area_mm2: area in mm^2 when the pixel spacing is known, else None.
+        n_components: connected components (8-connectivity) of ``mask``.
+        unfamiliar: words of ``text`` that the model's training prompts never used (empty when
+            the model records no vocabulary): the answer may not reflect them.
+    """
+
+    text: str
+    mask: np.ndarray
+    probs: np.ndarray
+    score: float
+    verdict: str
+    area_px: int
+    area_mm2: float | None
+    n_components: int
+    unfamiliar: list[str] = field(default_factory=list)
+
+    @property
+    def present(self) -> bool:
+        """``verdict == "present"``: the thing was found and the mask is not empty."""
+        return self.verdict == "present"
+
+    def __repr__(self) -> str:
+        where = f"{self.area_px} px" + (f" ({self.area_mm2:.1f} mm^2)" if self.area_mm2 else "")
+        verdict = (
+            f"present, {where}, {self.n_components} component(s)"
+            if self.present
+            else ("not found" if self.verdict == "absent" else self.verdict)
+        )
+        new = f", unfamiliar words: {', '.join(self.unfamiliar)}" if self.unfamiliar else ""
+        return f"SegmentationResult({self.text!r}: {verdict}, score={self.score:.3f}{new})"
+
+
+@torch.no_grad()
+def encode(
+    model,
+    pixels: torch.Tensor,
+    sizes: Sequence[tuple[int, int]],
+    spacings: Sequence[tuple[float, float] | None] | None = None,
+    images: list[LoadedImage] | None = None,
+) -> EncodedImage:
+    """Run the image encoder once.
+
+    Args:
+        model: a ``VLSegModel`` (in eval mode).
+        pixels: N x 3 x S x S preprocessed images (``Segmenter.preprocess`` or a dataset).
+        sizes: (H, W) of each original image.
+        spacings: pixel spacing of each image (None entries or None: unknown).
+    """
+    if len(sizes) != pixels.shape[0]:
+        raise ValueError(f"{pixels.shape[0]} images but {len(sizes)} sizes")
+    feats = model.encode_image(pixels)
+    spacings = list(spacings) if spacings is not None else [None] * len(sizes)
+    return EncodedImage(feats, [tuple(map(int, s)) for s in sizes], spacings, images)
+
+
+@torch.no_grad()
+def decode(
+    model, encoded: EncodedImage, texts: Sequence[str], image_index: Sequence[int] | None = None
+) -> Decoded:
+    """Answer B prompts from cached image features (no image-encoder run).
+
+    Args:
+        encoded: N encoded images.
+        texts: B prompts.
+        image_index: B image rows, one per text; default: every text on the single image
+            (N == 1) or text i on image i (N == B).
+    """
+    texts = list(texts)
+    n, b = len(encoded), len(texts)
+    if image_index is None:
+        if n not in (1, b):
+            raise ValueError(f"{n} images for {b} texts; pass image_index (one row per text)")
+        image_index = [0] * b if n == 1 else list(range(b))
+    image_index = [int(i) for i in image_index]
+    if len(image_index) != b or not all(0 <= i < n for i in image_index):
+        raise ValueError(f"image_index must give one row in [0, {n}) per text, got {image_index}")
+    device = encoded.features.embedding.device
+    feats = encoded.features
+    if not (n == 1 or image_index == list(range(n))):
+        feats = feats.select(torch.tensor(image_index, device=device))
+    tok = model.text.tokenize(texts)
+    txt = model.encode_text(tok["ids"].to(device), tok["mask"].to(device), feats.embedding)
+    out = model.decode(feats, txt)
+    return Decoded(out["logits"], out["presence"], image_index, texts)
+
+
+def mask_probabilities(
+    logits: torch.Tensor, input_size: tuple[int, int], size: tuple[int, int]
+) -> torch.Tensor:
+    """Per-pixel probabilities at ``size`` from B x 1 x h x w decoder logits.
+
+    The logits are resized to the model's input size (where they were trained against masks)
+    and squashed there; the probabilities are then resized to the image's own size.
+
+    Returns:
+        B x H x W float32 in [0, 1].
+    """
+    probs = torch.sigmoid(
+        F.interpolate(logits.float(), size=input_size, mode="bilinear", align_corners=False)
+    )
+    if tuple(size) != tuple(input_size):
+        probs = F.interpolate(probs, size=tuple(size), mode="bilinear", align_corners=False)
+    return probs[:, 0]
+
+
+def count_components(mask: np.ndarray) -> int:
+    """Connected components of a 2-D mask (8-connectivity)."""
+    return int(ndimage.label(mask, structure=np.ones((3, 3)))[1]) if mask.any() else 0
+
+
+def postprocess(
+    decoded: Decoded,
+    encoded: EncodedImage,
+    serving: ServingConfig,
+    *,
+    input_size: tuple[int, int],
+    size: tuple[int, int] | None = None,
+    spacing: tuple[float, float] | None = None,
+    vocabulary: Iterable[str] | None = None,
+) -> list[SegmentationResult]:
+    """Raw outputs -> one ``SegmentationResult`` per prompt.
+
+    Presence: ``sigmoid(calibrate(logit)) >= serving.threshold``. Mask: pixels with probability
+    ``> serving.threshold``, only for a present prompt; an empty mask is "absent".
+
+    Args:
+        decoded, encoded: from :func:`decode` and :func:`encode`.
+        serving: threshold and calibration.
+        input_size: the model's input size (S, S).
+        size: answer at this (H, W) instead of each image's own size (e.g. the input size, to
+            score against resized masks during training).
+        spacing: pixel spacing overriding the images' own, for mm^2.
+        vocabulary: words of the model's training prompts (None: unknown).
+    """
+    scores = torch.sigmoid(serving.calibrate(decoded.presence.float())).cpu().numpy()
+    results: list[SegmentationResult | None] = [None] * len(decoded.texts)
+    # Texts answered on the same image share one resize.
+    for row in dict.fromkeys(decoded.image_index):
+        picks = [j for j, i in enumerate(decoded.image_index) if i == row]
+        out_size = size or encoded.sizes[row]
+        probs = mask_probabilities(decoded.logits[picks], input_size, out_size).cpu().numpy()
+        sp = spacing or encoded.spacings[row]
+        for j, p in zip(picks, probs, strict=True):
+            results[j] = _result(decoded.texts[j], p, float(scores[j]), serving, sp, vocabulary)
+    return results  # type: ignore[return-value]
+
+
+def _result(text, probs, score, serving, spacing, vocabulary) -> SegmentationResult:
+    present = score >= serving.threshold
+    mask = (probs > serving.threshold) & present
+    area = int(mask.sum())
+    mm2 = area * float(spacing[0]) * float(spacing[1]) if spacing else None
+    return SegmentationResult(
+        text=text,
+        mask=mask,
+        probs=probs.astype(np.float32, copy=False),
+        score=score,
+        verdict="present" if present and area > 0 else "absent",
+        area_px=area,
+        area_mm2=mm2,
+        n_components=count_components(mask),
+        unfamiliar=unfamiliar(text, vocabulary),
+    )
+
+
+@dataclass
+class ClassificationResult:
+    """Zero-shot class probabilities for one image.
+
+    Attributes:
+        labels: class names, in the order given.
+        probs: float32 probabilities (softmax of ``100 * cos``), summing to 1.
+        top: the most probable label.
+        logits: float64 ``100 * cos`` per label. Rank images by ``ovr_log_odds(logits)``
+            (e.g. for AUROC), not by ``probs``: at CLIP's temperature probabilities saturate to
+            exactly 0 or 1 and tie.
+    """
+
+    labels: list[str]
+    probs: np.ndarray
+    top: str
+    logits: np.ndarray | None = None
+
+    def as_dict(self) -> dict[str, float]:
+        return {lab: float(p) for lab, p in zip(self.labels, self.probs, strict=True)}
+
+    def __repr__(self) -> str:
+        best = sorted(self.as_dict().items(), key=lambda kv: -kv[1])[:3]
+        return "ClassificationResult(" + ", ".join(f"{k}: {v:.3f}" for k, v in best) + ")"
+
+
+def zero_shot(
+    image_embeddings: np.ndarray, class_embeddings: np.ndarray, labels: Sequence[str]
+) -> list[ClassificationResult]:
+    """open_clip's zero-shot rule: softmax over ``100 * image @ classes.T``.
+
+    Args:
+        image_embeddings: N x E L2-normalised image embeddings.
+        class_embeddings: C x E L2-normalised class embeddings.
+        labels: the C class names.
+    """
+    emb = np.atleast_2d(image_embeddings).astype(np.float64)
+    logits = 100.0 * emb @ class_embeddings.T.astype(np.float64)
+    shifted = logits - logits.max(1, keepdims=True)
+    probs = np.exp(shifted)
+    probs /= probs.sum(1, keepdims=True)
+    labels = list(labels)
+    return [
+        ClassificationResult(labels, p.astype(np.float32), labels[int(np.argmax(lg))], lg)
+        for p, lg in zip(probs, logits, strict=True)
+    ]
+
+
+def ovr_log_odds(logits: np.ndarray) -> np.ndarray:
+    """One-vs-rest log-odds ``log p_c / (1 - p_c)`` of softmax(logits), N x C, computed without
+    forming probabilities (which saturate at 0 or 1): ranks exactly like ``p_c``."""
+    logits = np.asarray(logits, dtype=np.float64)
+    out = np.empty_like(logits)
+    for c in range(logits.shape[1]):
+        rest = np.delete(logits, c, axis=1)
+        m = rest.max(1)
+        out[:, c] = logits[:, c] - (m + np.log(np.exp(rest - m[:, None]).sum(1)))
+    return out
