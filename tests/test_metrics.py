@@ -142,40 +142,36 @@ def test_hd95_empty_and_validation() -> None:
         hd95(some, some, spacing=(1.0, 0.0))
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2, 3])
-@pytest.mark.parametrize("spacing", [None, (1.0, 1.0), (0.7, 2.3)])
-def test_hd95_matches_monai(seed: int, spacing: tuple[float, float] | None) -> None:
+def _monai_hd95(pred: np.ndarray, target: np.ndarray, spacing) -> np.ndarray:
+    """MONAI's per-sample HD95 of (B, ...) masks (NaN where a mask is empty)."""
     monai_metrics = pytest.importorskip("monai.metrics")
-    rng = np.random.default_rng(seed)
-    pred, target = _blobs(rng, (40, 56), 5), _blobs(rng, (40, 56), 5)
-    pred[-1] = False  # empty prediction: NaN in both (MONAI's percentile of infs is NaN)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ref = monai_metrics.compute_hausdorff_distance(
+        warnings.simplefilter("ignore")  # MONAI warns about the empty masks
+        return monai_metrics.compute_hausdorff_distance(
             torch.from_numpy(pred[:, None]).float(),
             torch.from_numpy(target[:, None]).float(),
             include_background=True,
             percentile=95,
             spacing=spacing,
         )[:, 0].numpy()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("spacing", [None, (1.0, 1.0), (0.7, 2.3)])
+def test_hd95_matches_monai(seed: int, spacing: tuple[float, float] | None) -> None:
+    rng = np.random.default_rng(seed)
+    pred, target = _blobs(rng, (40, 56), 5), _blobs(rng, (40, 56), 5)
+    pred[-1] = False  # empty prediction: NaN in both (MONAI's percentile of infs is NaN)
+    ref = _monai_hd95(pred, target, spacing)
     ours = [hd95(a, b, spacing=spacing) for a, b in zip(pred, target, strict=True)]
     np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-6)  # NaNs must line up too
     assert np.all(np.asarray(ours[:-1]) > 0) and np.isnan(ours[-1])
 
 
 def test_hd95_3d_matches_monai() -> None:
-    monai_metrics = pytest.importorskip("monai.metrics")
     rng = np.random.default_rng(7)
     vols = [ndimage.gaussian_filter(rng.normal(size=(10, 16, 16)), 2) > 0.05 for _ in range(2)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ref = monai_metrics.compute_hausdorff_distance(
-            torch.from_numpy(vols[0][None, None]).float(),
-            torch.from_numpy(vols[1][None, None]).float(),
-            include_background=True,
-            percentile=95,
-            spacing=(2.5, 0.8, 0.8),
-        )
+    ref = _monai_hd95(vols[0][None], vols[1][None], (2.5, 0.8, 0.8))[0]
     assert hd95(vols[0], vols[1], spacing=(2.5, 0.8, 0.8)) == pytest.approx(float(ref), rel=1e-6)
 
 
@@ -246,6 +242,49 @@ def test_meter_all_empty() -> None:
     out = meter.compute()
     assert out["oIoU"] == 1.0 and out["mIoU"] == 1.0 and out["dice"] == 1.0
     assert out["hd95_n"] == 0 and np.isnan(out["hd95"])
+
+
+@pytest.mark.parametrize("spacing", [(0.7, 2.3), (0.6, 0.6)])  # anisotropic and square pixels
+def test_meter_hd95_in_mm_matches_monai(spacing: tuple[float, float]) -> None:
+    rng = np.random.default_rng(11)
+    pred, target = _blobs(rng, (40, 56), 6), _blobs(rng, (40, 56), 6)
+    pred[2] = False  # undefined: left out of both means
+    meter = SegmentationMeter()
+    meter.update(pred[:3], target[:3], spacing=spacing)  # one spacing for the batch
+    for p, t in zip(pred[3:], target[3:], strict=True):
+        meter.update(p, t, spacing=[spacing])  # one entry per sample
+    out = meter.compute()
+    ref_mm, ref_px = _monai_hd95(pred, target, spacing), _monai_hd95(pred, target, None)
+    # MONAI and we both take exact Euclidean distance transforms and numpy's percentile; the
+    # square-pixel shortcut (px * size) differs from a scaled transform by float rounding only.
+    assert out["hd95_mm"] == pytest.approx(np.nanmean(ref_mm), rel=1e-6)
+    assert out["hd95"] == pytest.approx(np.nanmean(ref_px), rel=1e-6)  # pixels, as before
+    assert out["hd95_mm_n"] == out["hd95_n"] == 5
+
+
+def test_meter_hd95_mm_only_over_samples_with_spacing() -> None:
+    rng = np.random.default_rng(5)
+    pred, target = _blobs(rng, (30, 30), 4), _blobs(rng, (30, 30), 4)
+    spacings = [(0.5, 0.8), None, (1.2, 1.2), None]  # as a collated batch["spacing"]
+    meter = SegmentationMeter()
+    meter.update(pred, target, spacing=spacings)
+    out = meter.compute()
+    known = [0, 2]
+    ref = [_monai_hd95(pred[i : i + 1], target[i : i + 1], spacings[i])[0] for i in known]
+    # same tolerance reasoning as test_meter_hd95_in_mm_matches_monai
+    assert out["hd95_mm"] == pytest.approx(np.mean(ref), rel=1e-6)
+    assert out["hd95_mm_n"] == 2 and out["hd95_n"] == 4
+    default = SegmentationMeter(spacing=(0.5, 0.8))  # the meter's spacing fills the gaps
+    default.update(pred[:1], target[:1])
+    assert default.compute()["hd95_mm"] == pytest.approx(ref[0], rel=1e-6)
+    plain = SegmentationMeter()
+    plain.update(pred, target)
+    assert np.isnan(plain.compute()["hd95_mm"]) and plain.compute()["hd95_mm_n"] == 0
+    with pytest.raises(ValueError, match="3 entries for a batch of 4"):
+        meter.update(pred, target, spacing=[(1.0, 1.0)] * 3)
+    with pytest.raises(ValueError, match="spacing"):
+        meter.update(pred[0], target[0], spacing=(1.0, -1.0))
+    assert meter.compute()["n"] == 4  # a rejected update changes nothing
 
 
 # --- classification ---------------------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""Training and evaluation loops as plain functions.
+"""Training loops as plain functions: ``train`` (``vlseg train``) and ``fit``, the loop that
+``vlseg tune`` shares, composed of the parts in :mod:`vlseg.training`. Evaluation lives in
+:mod:`vlseg.evaluation` (``evaluate`` is re-exported here).
 
 Runs unchanged on one CPU, one GPU, or under ``torchrun --nproc_per_node N``
 (DistributedDataParallel, gloo on CPU and nccl on GPU).
@@ -10,7 +12,6 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -20,8 +21,7 @@ from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import LoopConfig, ModelConfig, TrainConfig, from_dict, save_yaml, to_dict
-from .data.io import load_mask
-from .data.manifest import ManifestDataset, collate
+from .data.manifest import ManifestDataset
 from .evaluation import evaluate
 from .losses import clip_loss, mask_loss
 from .registry import build_model, model_config

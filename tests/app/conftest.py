@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 from vlseg.predictor import Segmenter
-from vlseg.serving import ServingConfig
 from vlseg.registry import build_model, model_config
+from vlseg.serving import ServingConfig
 
 
 @pytest.fixture(scope="session")

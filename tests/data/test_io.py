@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import struct
 import zlib
 from pathlib import Path
@@ -11,11 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlseg.data import medical_io
 from vlseg.data.io import (
     LoadedImage,
     apply_window,
-    atomic_write,
     load_image,
     load_mask,
     read_image_size,
@@ -25,43 +22,6 @@ from vlseg.data.io import (
 
 # --------------------------------------------------------------------------------------------
 # helpers
-
-
-def write_dicom(
-    path: Path,
-    stored: np.ndarray,
-    *,
-    slope: float = 1.0,
-    intercept: float = -1024.0,
-    spacing: tuple[float, float] | None = (0.7, 0.8),
-    window: tuple[float, float] | None = None,
-    modality: str = "CT",
-    photometric: str = "MONOCHROME2",
-) -> Path:
-    """A minimal single-frame 16-bit DICOM file."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = modality
-    ds.Rows, ds.Columns = stored.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-    if spacing is not None:
-        ds.PixelSpacing = list(spacing)
-    if window is not None:
-        ds.WindowCenter, ds.WindowWidth = window
-    ds.PixelData = stored.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 def png_with_header_size(path: Path, width: int, height: int) -> Path:
@@ -266,124 +226,6 @@ def test_decompression_bomb_refused_from_header(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# DICOM and NIfTI
-
-HU = np.array([[-1000, -160, 40], [240, 1000, -1000]])
-HU_SOFT_TISSUE = np.array([[0, 0, 128], [255, 255, 0]])
-
-
-def test_dicom_rescale_soft_tissue_window_and_spacing(tmp_path: Path) -> None:
-    stored = (HU + 1024) // 2  # slope 2 must be applied to get HU back
-    path = write_dicom(tmp_path / "ct.dcm", stored, slope=2.0, intercept=-1024.0)
-    img = load_image(path)
-    np.testing.assert_array_equal(img.rgb[:, :, 0], HU_SOFT_TISSUE)
-    assert img.spacing == pytest.approx((0.7, 0.8))
-    assert img.original_dtype == "uint16"
-    assert img.meta["window"] == (40.0, 400.0) and img.meta["format"] == "dicom"
-    assert read_image_size(path) == (2, 3)
-
-
-def test_dicom_file_window_and_explicit_window(tmp_path: Path) -> None:
-    path = write_dicom(tmp_path / "ct.dcm", HU + 1024, window=(-500, 1000))  # lung-ish
-    np.testing.assert_array_equal(load_image(path).rgb[0, :, 0], [0, 214, 255])
-    explicit = load_image(path, window=(40, 400)).rgb[:, :, 0]
-    np.testing.assert_array_equal(explicit, HU_SOFT_TISSUE)
-
-
-def test_dicom_monochrome1_inverted_and_no_extension(tmp_path: Path) -> None:
-    path = write_dicom(tmp_path / "IM0001", HU + 1024, photometric="MONOCHROME1")
-    img = load_image(path)  # recognised by the DICM magic
-    np.testing.assert_array_equal(img.rgb[:, :, 0], 255 - HU_SOFT_TISSUE)
-
-
-def test_dicom_non_ct_uses_min_max(tmp_path: Path) -> None:
-    stored = np.array([[100, 200], [300, 500]])
-    path = write_dicom(tmp_path / "mr.dcm", stored, intercept=0.0, modality="MR", spacing=None)
-    img = load_image(path)
-    np.testing.assert_array_equal(img.rgb[:, :, 0], [[0, 64], [128, 255]])
-    assert img.spacing is None
-
-
-def test_corrupt_dicom(tmp_path: Path) -> None:
-    (tmp_path / "bad.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x01\x02garbage")
-    with pytest.raises(ValueError, match=r"bad\.dcm is not a readable image"):
-        load_image(tmp_path / "bad.dcm")
-
-
-def test_missing_pydicom_says_how_to_install(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    real = importlib.import_module
-
-    def fake(name: str, *args: object) -> object:
-        if name == "pydicom":
-            raise ImportError("No module named 'pydicom'")
-        return real(name, *args)
-
-    monkeypatch.setattr(medical_io.importlib, "import_module", fake)
-    (tmp_path / "x.dcm").write_bytes(b"")
-    with pytest.raises(ImportError, match=r"pip install vlseg\[medical\]"):
-        load_image(tmp_path / "x.dcm")
-
-
-def make_ct_volume() -> np.ndarray:
-    """(X=6, Y=5, Z=3) HU volume; each slice has an air row so it reads as CT."""
-    vol = np.full((6, 5, 3), 40, dtype=np.int16)
-    vol[:, 0, :] = -1000  # posterior row: air
-    vol[:, :, 0] = 240
-    vol[:, 0, 0] = -1000
-    vol[0, 4, 1] = 1000  # marker: patient left (i=0), anterior (j=4), middle slice
-    return vol
-
-
-def test_nifti_middle_slice_orientation_window_spacing(tmp_path: Path) -> None:
-    import nibabel as nib
-
-    affine = np.diag([0.7, 0.8, 2.5, 1.0])  # RAS: i -> right, j -> anterior
-    nib.save(nib.Nifti1Image(make_ct_volume(), affine), tmp_path / "ct.nii.gz")
-    img = load_image(tmp_path / "ct.nii.gz")
-    assert img.size == (5, 6) == read_image_size(tmp_path / "ct.nii.gz")  # rows = y, cols = x
-    assert img.spacing == pytest.approx((0.8, 0.7))
-    assert img.meta["slice_index"] == 1 and img.meta["window"] == (40.0, 400.0)
-    gray = img.rgb[:, :, 0]
-    # radiological display: anterior at the top, patient left on the image right
-    assert gray[0, 5] == 255
-    assert (gray[4] == 0).all()  # the posterior air row is at the bottom
-    assert gray[2, 2] == 128  # soft tissue (40 HU) mid-grey
-    slice0 = load_image(tmp_path / "ct.nii.gz", slice_index=0).rgb[:, :, 0]
-    assert slice0[2, 2] == 255  # 240 HU
-    with pytest.raises(ValueError, match=r"slice_index 7 out of range.*0\.\.2"):
-        load_image(tmp_path / "ct.nii.gz", slice_index=7)
-
-
-def test_nifti_lps_affine_shows_the_same_picture(tmp_path: Path) -> None:
-    import nibabel as nib
-
-    vol = make_ct_volume()[::-1, ::-1, :]  # same anatomy stored in LPS voxel order
-    affine = np.diag([-0.7, -0.8, 2.5, 1.0])
-    nib.save(nib.Nifti1Image(np.ascontiguousarray(vol), affine), tmp_path / "lps.nii")
-    gray = load_image(tmp_path / "lps.nii").rgb[:, :, 0]
-    assert gray[0, 5] == 255 and (gray[4] == 0).all()
-
-
-def test_nifti_mr_values_min_max(tmp_path: Path) -> None:
-    import nibabel as nib
-
-    data = np.array([[0, 100], [200, 400]], dtype=np.float32)  # 2-D, positive: not HU
-    nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "mr.nii")
-    img = load_image(tmp_path / "mr.nii")
-    # displayed as rows = j (flipped, anterior up), cols = i (flipped, right on the left)
-    np.testing.assert_array_equal(img.rgb[:, :, 0], [[255, 64], [128, 0]])
-    assert img.meta["window"] is None
-
-
-def test_corrupt_nifti(tmp_path: Path) -> None:
-    (tmp_path / "bad.nii.gz").write_bytes(b"not gzip")
-    with pytest.raises(ValueError, match=r"bad\.nii\.gz is not a readable image"):
-        load_image(tmp_path / "bad.nii.gz")
-
-
-# --------------------------------------------------------------------------------------------
 # masks
 
 
@@ -453,21 +295,6 @@ def test_save_mask_png_round_trip(tmp_path: Path) -> None:
     np.testing.assert_array_equal(load_mask(out), mask)
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["m.png"]  # no temp left
     assert (out.stat().st_mode & 0o777) != 0o600  # normal permissions, not mkstemp's
-
-
-def test_atomic_write_keeps_old_file_on_error(tmp_path: Path) -> None:
-    target = tmp_path / "data.bin"
-    target.write_bytes(b"old")
-    with pytest.raises(RuntimeError, match="boom"):
-        with atomic_write(target) as tmp:
-            tmp.write_bytes(b"half")
-            raise RuntimeError("boom")
-    assert target.read_bytes() == b"old"
-    assert [p.name for p in tmp_path.iterdir()] == ["data.bin"]
-    with atomic_write(target) as tmp:
-        assert tmp.parent == target.parent and tmp.name.endswith("data.bin")
-        tmp.write_bytes(b"new")
-    assert target.read_bytes() == b"new"
 
 
 def test_loaded_image_is_frozen() -> None:

@@ -206,7 +206,7 @@ class ChatService:
                 f"I could not use **{md_escape(name)}** as an image: {why}{hint}"
                 f"\n\nPlease try another file.{kept}"
             )
-        user_content.insert(0, self._thumbnail_file(session, loaded.rgb))
+        user_content.insert(0, self._thumbnail_file(session, loaded.display))
         return None
 
     def _ask_for_target(self, session: ChatSession, uploaded: bool) -> str:
@@ -231,8 +231,8 @@ class ChatService:
         colors = render.colors_for(labels)
         legend = [f"{label}: {short_measure(r)}" for label, r in zip(labels, results, strict=True)]
         masks = [r.mask for r in results]
-        overlay = render.render_overlay(session.image.rgb, masks, legend, list(colors.values()))
-        base, small = render.to_display(session.image.rgb, masks)
+        overlay = render.render_overlay(session.image.display, masks, legend, list(colors.values()))
+        base, small = render.to_display(session.image.display, masks)
         turn = self._turn_dir(session)
         files = [str(p) for p in render.write_mask_files(masks, labels, turn)]
         overlay_path = render.write_png(overlay, turn / "overlay.png")
@@ -346,7 +346,7 @@ class ChatService:
             return None
 
     def _plain_view(self, session: ChatSession) -> dict[str, Any]:
-        base, _ = render.to_display(session.image.rgb)
+        base, _ = render.to_display(session.image.display)
         return {"view_changed": True, "base": base}
 
     def _log(self, session: ChatSession, user_content: list[Any], out: TurnOutput) -> None:

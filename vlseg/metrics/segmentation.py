@@ -222,7 +222,7 @@ class SegmentationMeter:
         default = None if self.spacing is None else np.asarray(self.spacing)
         if spacing is None:
             return [default] * n
-        if np.ndim(spacing) == 0 or all(np.ndim(v) == 0 and v is not None for v in spacing):
+        if np.isscalar(spacing) or all(np.isscalar(v) for v in spacing):
             return [_check_spacing(spacing, 2)] * n  # one spacing for the whole batch
         if len(spacing) != n:
             raise ValueError(

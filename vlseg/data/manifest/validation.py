@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -58,28 +59,18 @@ def _file_problems(
     masks: dict[tuple[Path, int | None], np.ndarray | str],
 ) -> list[str]:
     out: list[str] = []
-    key = (r.image, r.slice_index)
-    if key not in sizes:
-        try:
-            sizes[key] = read_image_size(r.image)
-        except FileNotFoundError:
-            sizes[key] = f"image file not found: {r.image}"
-        except (ValueError, ImportError) as exc:
-            sizes[key] = f"image: {exc}"
-    size = sizes[key]
+    size = _read_once(sizes, (r.image, r.slice_index), "image", lambda: read_image_size(r.image))
     if isinstance(size, str):
         out.append(f"{where}: {size}")
     if r.mask is None:
         return out
-    mkey = (r.mask, r.slice_index)
-    if mkey not in masks:
-        try:
-            masks[mkey] = load_mask(r.mask, slice_index=r.slice_index)
-        except FileNotFoundError:
-            masks[mkey] = f"mask file not found: {r.mask}"
-        except (ValueError, ImportError) as exc:
-            masks[mkey] = f"mask: {exc}"
-    mask = masks[mkey]
+    mask_path = r.mask
+    mask = _read_once(
+        masks,
+        (mask_path, r.slice_index),
+        "mask",
+        lambda: load_mask(mask_path, slice_index=r.slice_index),
+    )
     if isinstance(mask, str):
         out.append(f"{where}: {mask}")
         return out
@@ -93,6 +84,23 @@ def _file_problems(
             f"{where}: positive is false but the mask has {int(mask.sum())} foreground pixels"
         )
     return out
+
+
+def _read_once(
+    cache: dict[tuple[Path, int | None], Any],
+    key: tuple[Path, int | None],
+    what: str,
+    read: Callable[[], Any],
+) -> Any:
+    """``read()`` once per (file, slice); a failure is kept as its message."""
+    if key not in cache:
+        try:
+            cache[key] = read()
+        except FileNotFoundError:
+            cache[key] = f"{what} file not found: {key[0]}"
+        except (ValueError, ImportError) as exc:
+            cache[key] = f"{what}: {exc}"
+    return cache[key]
 
 
 def validate_records(
