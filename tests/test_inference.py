@@ -66,17 +66,17 @@ def test_postprocess_threshold_and_calibration(seg):
     encoded = seg.encode(_img())
     decoded = seg.decode(encoded, ["the liver"])
     z = float(decoded.presence[0])
-    plain = postprocess(decoded, encoded, ServingConfig(), input_size=(64, 64))[0]
+    plain = postprocess(decoded, encoded, ServingConfig())[0]
     assert plain.score == pytest.approx(1 / (1 + np.exp(-z)), rel=1e-6)
     hot = ServingConfig(calibration={"method": "temperature", "temperature": 4.0})
-    cooled = postprocess(decoded, encoded, hot, input_size=(64, 64))[0]
+    cooled = postprocess(decoded, encoded, hot)[0]
     assert cooled.score == pytest.approx(1 / (1 + np.exp(-z / 4)), rel=1e-6)
     # presence is score >= threshold: a threshold just at the score keeps it present
     at = ServingConfig(threshold=plain.score)
-    assert postprocess(decoded, encoded, at, input_size=(64, 64))[0].score >= at.threshold
-    never = postprocess(decoded, encoded, ServingConfig(threshold=1.0), input_size=(64, 64))[0]
+    assert postprocess(decoded, encoded, at)[0].score >= at.threshold
+    never = postprocess(decoded, encoded, ServingConfig(threshold=1.0))[0]
     assert never.verdict == "absent" and not never.present and never.area_px == 0
-    everything = postprocess(decoded, encoded, ServingConfig(threshold=0.0), input_size=(64, 64))
+    everything = postprocess(decoded, encoded, ServingConfig(threshold=0.0))
     assert everything[0].present and everything[0].area_px == 80 * 96
 
 

@@ -77,7 +77,6 @@ def evaluate(
             decode(model, encoded, batch["text"]),
             encoded,
             serving,
-            input_size=input_size,
             size=None if original_resolution else input_size,
         )
         for j, res in enumerate(results):

@@ -320,7 +320,6 @@ class Segmenter:
             decoded,
             encoded,
             self.serving,
-            input_size=(self.image_size, self.image_size),
             spacing=spacing,
             vocabulary=self.vocabulary,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from importlib import resources
 from pathlib import Path
 
 from torch import nn
@@ -11,7 +12,24 @@ from .config import ModelConfig, from_dict, load_yaml
 from .modeling.towers import build_towers
 from .modeling.vlseg import VLSegModel
 
-CONFIG_DIRS = [Path(__file__).resolve().parents[1] / "configs" / "models"]
+
+def _packaged_config_dirs() -> list[Path]:
+    """``configs/models``: package data ``vlseg._configs`` (the top-level ``configs/`` directory,
+    mapped in setup.py) in a wheel or an editable install, else the source checkout's copy."""
+    found = []
+    try:
+        root = resources.files("vlseg._configs") / "models"
+        if isinstance(root, Path):  # an installed wheel or an editable install: real files
+            found.append(root.resolve())
+    except ModuleNotFoundError:  # run from a checkout that was never installed
+        pass
+    checkout = Path(__file__).resolve().parents[1] / "configs" / "models"
+    if checkout not in found and not found:
+        found.append(checkout)
+    return found
+
+
+CONFIG_DIRS = _packaged_config_dirs()
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_MODEL = "phantom-tiny"
 TRAINABLE_MODES = ("frozen", "full", "lora")
