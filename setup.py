@@ -12,6 +12,7 @@ setup(
     packages=[
         *find_namespace_packages(include=["vlseg*", "prompts*", "retrieval*"]),
         "vlseg._configs",
+        "vlseg._configs.models",  # data only (*.yaml); train/, tune/, ... stay in the checkout
     ],
     package_dir={"vlseg._configs": "configs"},
 )

@@ -91,6 +91,7 @@ def load_checkpoint(
             f"{path}: weights do not match the config: missing {missing[:5]}, "
             f"unexpected {unexpected[:5]}"
         )
+    meta["checkpoint_dir"] = str(path)  # where it was read from (not saved back)
     return model, cfg, meta
 
 

@@ -271,7 +271,7 @@ def _hit_sheet(hits: list[dict], path: str) -> None:
     sheet = Image.new("RGB", (tile * len(hits), tile + 40), (20, 20, 20))
     draw = ImageDraw.Draw(sheet)
     for i, h in enumerate(hits):
-        im = Image.fromarray(load_image(h["image"]).rgb).resize((tile, tile))
+        im = Image.fromarray(load_image(h["image"]).display).resize((tile, tile))
         sheet.paste(im, (i * tile, 0))
         draw.text((i * tile + 4, tile + 4), f"{h['score']:.3f}", fill=(230, 230, 230))
         draw.text((i * tile + 4, tile + 20), h["caption"][:34], fill=(180, 180, 180))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ from .data.manifest import ManifestDataset
 from .evaluation import evaluate
 from .losses import clip_loss, mask_loss
 from .registry import build_model, model_config
+from .serving import ServingConfig, serving_of
 from .training import (
     Checkpointer,
     MetricsLog,
@@ -129,9 +131,14 @@ def train(cfg: TrainConfig) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         save_yaml(to_dict(cfg), out / "train_config.yaml")
     init_vocabulary = None
+    # How the result is served (threshold, window, labels): a fine-tune keeps its init's
+    # settings (its calibration and out-of-domain fit no longer hold, so they are dropped:
+    # rerun vlseg calibrate); a new model starts from the defaults.
+    serving = ServingConfig()
     if cfg.init:
         model, mcfg, init_meta = load_checkpoint(cfg.init, overrides=cfg.model_overrides)
         init_vocabulary = init_meta.get("vocabulary")
+        serving = replace(serving_of(init_meta), calibration=None, ood_threshold=None)
     else:
         mcfg = model_config(cfg.model)
         if cfg.model_overrides:
@@ -148,6 +155,7 @@ def train(cfg: TrainConfig) -> Path:
         vocabulary = vocabulary_of(prompts, known=init_vocabulary)
 
     def save(path: Path, extra: dict) -> None:
+        extra = {**extra, "serving": serving.to_dict()}
         if vocabulary is not None:
             extra = {**extra, "vocabulary": vocabulary}
         save_checkpoint(model, mcfg, path, extra=extra)

@@ -34,12 +34,15 @@ class EncodedImage:
         sizes: (H, W) of each image as given, the resolution answers are returned at.
         spacings: pixel spacing (row_mm, col_mm) of each image, or None when unknown.
         images: the loaded images (for display), or None when encoded from tensors.
+        ood_scores: each image's out-of-domain score (``vlseg.ood``), or None when the model
+            has no out-of-domain fit.
     """
 
     features: ImageFeatures
     sizes: list[tuple[int, int]]
     spacings: list[tuple[float, float] | None]
     images: list[LoadedImage] | None = None
+    ood_scores: list[float] | None = None
 
     def __len__(self) -> int:
         return len(self.sizes)
@@ -48,8 +51,9 @@ class EncodedImage:
         """Image ``i`` alone (its features stay on the same device; no copy of the maps)."""
         index = torch.tensor([i], device=self.features.embedding.device)
         images = None if self.images is None else [self.images[i]]
+        ood = None if self.ood_scores is None else [self.ood_scores[i]]
         return EncodedImage(
-            self.features.select(index), [self.sizes[i]], [self.spacings[i]], images
+            self.features.select(index), [self.sizes[i]], [self.spacings[i]], images, ood
         )
 
     @property
@@ -88,12 +92,18 @@ class SegmentationResult:
         probs: H x W float32 per-pixel foreground probability in [0, 1].
         score: calibrated presence probability in [0, 1] (is the described thing in the image
             at all).
-        verdict: "present" or "absent" (later releases add "unsure" and "out-of-domain").
+        verdict: "present", "absent", "unsure" (the calibrated presence is in the checkpoint's
+            unsure band; ``mask`` is the tentative answer) or "out-of-domain" (the image is
+            unlike the model's training images; ``mask`` is empty).
         area_px: foreground pixels of ``mask``.
         area_mm2: area in mm^2 when the pixel spacing is known, else None.
         n_components: connected components (8-connectivity) of ``mask``.
         unfamiliar: words of ``text`` that the model's training prompts never used (empty when
             the model records no vocabulary): the answer may not reflect them.
+        uncertainty: H x W float32 in [0, 1], the binary entropy (bits) of ``probs``: 1 where
+            a pixel's probability is 0.5, 0 where it is 0 or 1.
+        presence_logit: the raw presence logit (before calibration).
+        ood_score: the image's out-of-domain score, or None when not known.
     """
 
     text: str
@@ -105,6 +115,14 @@ class SegmentationResult:
     area_mm2: float | None
     n_components: int
     unfamiliar: list[str] = field(default_factory=list)
+    presence_logit: float = float("nan")
+    ood_score: float | None = None
+
+    @property
+    def uncertainty(self) -> np.ndarray:
+        p = np.clip(self.probs.astype(np.float64), 1e-7, 1 - 1e-7)
+        h = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+        return h.astype(np.float32)
 
     @property
     def present(self) -> bool:
@@ -217,7 +235,9 @@ def postprocess(
         spacing: pixel spacing overriding the images' own, for mm^2.
         vocabulary: words of the model's training prompts (None: unknown).
     """
-    scores = torch.sigmoid(serving.calibrate(decoded.presence.float())).cpu().numpy()
+    raw = decoded.presence.float()
+    scores = torch.sigmoid(serving.calibrate(raw)).cpu().numpy()
+    raw = raw.cpu().numpy()
     results: list[SegmentationResult | None] = [None] * len(decoded.texts)
     # Texts answered on the same image share one resize.
     for row in dict.fromkeys(decoded.image_index):
@@ -225,14 +245,19 @@ def postprocess(
         out_size = size or encoded.sizes[row]
         probs = mask_probabilities(decoded.logits[picks], out_size).cpu().numpy()
         sp = spacing or encoded.spacings[row]
+        ood = None if encoded.ood_scores is None else encoded.ood_scores[row]
         for j, p in zip(picks, probs, strict=True):
-            results[j] = _result(decoded.texts[j], p, float(scores[j]), serving, sp, vocabulary)
+            results[j] = _result(
+                decoded.texts[j], p, float(scores[j]), float(raw[j]), ood, serving, sp, vocabulary
+            )
     return results  # type: ignore[return-value]
 
 
-def _result(text, probs, score, serving, spacing, vocabulary) -> SegmentationResult:
-    present = score >= serving.threshold
-    mask = (probs > serving.threshold) & present
+def _result(text, probs, score, logit, ood, serving, spacing, vocabulary) -> SegmentationResult:
+    mask = (probs > serving.threshold) & (score >= serving.threshold)
+    verdict = serving.verdict(score, bool(mask.any()), ood)
+    if verdict == "out-of-domain":
+        mask = np.zeros_like(mask)
     area = int(mask.sum())
     mm2 = area * float(spacing[0]) * float(spacing[1]) if spacing else None
     return SegmentationResult(
@@ -240,11 +265,13 @@ def _result(text, probs, score, serving, spacing, vocabulary) -> SegmentationRes
         mask=mask,
         probs=probs.astype(np.float32, copy=False),
         score=score,
-        verdict="present" if present and area > 0 else "absent",
+        verdict=verdict,
         area_px=area,
         area_mm2=mm2,
         n_components=count_components(mask),
         unfamiliar=unfamiliar(text, vocabulary),
+        presence_logit=logit,
+        ood_score=ood,
     )
 
 

@@ -33,6 +33,7 @@ from .inference import (
     zero_shot,
 )
 from .modeling.vlseg import VLSegModel
+from .ood import OODDetector
 from .serving import ServingConfig, serving_of
 from .vocabulary import parse
 
@@ -92,6 +93,8 @@ class Segmenter:
             in place; results agree to float rounding).
         vocabulary: the words of the model's training prompts (``vlseg.vocabulary``); each
             result then names the prompt's words outside it. None (default): not known.
+        ood: an out-of-domain fit (``vlseg.ood``); each encoded image then gets a score, and
+            ``serving.ood_threshold`` turns a high one into the "out-of-domain" verdict.
     """
 
     def __init__(
@@ -105,7 +108,9 @@ class Segmenter:
         name: str = "custom",
         channels_last: bool = True,
         vocabulary: Iterable[str] | None = None,
+        ood: OODDetector | None = None,
     ):
+        self.ood = ood
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
         # The conversion is in place: a later Segmenter on the same model object with the
@@ -190,13 +195,12 @@ class Segmenter:
         self.encoder_calls += 1
         x = self.preprocess(loaded)
         with self._serialised():
-            return encode(
-                self.model,
-                x,
-                [im.size for im in loaded],
-                [im.spacing for im in loaded],
-                loaded,
+            encoded = encode(
+                self.model, x, [im.size for im in loaded], [im.spacing for im in loaded], loaded
             )
+        if self.ood is not None:
+            encoded.ood_scores = [float(v) for v in self.ood.score(encoded.embedding)]
+        return encoded
 
     def set_image(self, image) -> Segmenter:
         """Encode and cache one image (path, PIL image, numpy array, LoadedImage or an
@@ -412,6 +416,7 @@ def load(
         device=device,
         name=name,
         vocabulary=vocabulary,
+        ood=OODDetector.load(meta["checkpoint_dir"]) if "checkpoint_dir" in meta else None,
     )
     seg.source = {"model": _where(name_or_path), "adapter": _where(adapter)}
     return seg

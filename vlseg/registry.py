@@ -23,10 +23,7 @@ def _packaged_config_dirs() -> list[Path]:
             found.append(root.resolve())
     except ModuleNotFoundError:  # run from a checkout that was never installed
         pass
-    checkout = Path(__file__).resolve().parents[1] / "configs" / "models"
-    if checkout not in found and not found:
-        found.append(checkout)
-    return found
+    return found or [Path(__file__).resolve().parents[1] / "configs" / "models"]
 
 
 CONFIG_DIRS = _packaged_config_dirs()

@@ -45,6 +45,10 @@ class ServingConfig:
         templates: template set (``prompts/templates``) used with ``labels``.
         label_sets: named label sets, ``{name: {"labels": label-set name or {code: prompt},
             "templates": template-set name}}``.
+        unsure: ``(low, high)``: a calibrated presence probability in [low, high) is answered
+            "unsure" rather than present/absent; None: never unsure.
+        ood_threshold: an image whose out-of-domain score (``vlseg.ood``) exceeds it is
+            answered "out-of-domain"; None: not checked.
     """
 
     threshold: float = 0.5
@@ -53,8 +57,17 @@ class ServingConfig:
     labels: list[str] = field(default_factory=list)
     templates: str = "generic"
     label_sets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    unsure: tuple[float, float] | None = None
+    ood_threshold: float | None = None
 
     def __post_init__(self) -> None:
+        if self.unsure is not None:
+            low, high = (float(v) for v in self.unsure)
+            if not 0.0 <= low <= high <= 1.0:
+                raise ValueError(f"serving unsure must be (low, high) in [0, 1], got {self.unsure}")
+            self.unsure = (low, high)
+        if self.ood_threshold is not None:
+            self.ood_threshold = float(self.ood_threshold)
         if not 0.0 <= float(self.threshold) <= 1.0:
             raise ValueError(f"serving threshold must be in [0, 1], got {self.threshold!r}")
         self.threshold = float(self.threshold)
@@ -77,6 +90,16 @@ class ServingConfig:
                 raise ValueError(f"platt calibration needs 'a' and 'b', got {cal!r}")
         self.labels = [str(x) for x in self.labels]
 
+    def verdict(self, score: float, found: bool, ood_score: float | None = None) -> str:
+        """present / absent / unsure / out-of-domain for a calibrated presence probability,
+        whether the mask is non-empty, and the image's out-of-domain score."""
+        if ood_score is not None and self.ood_threshold is not None:
+            if ood_score > self.ood_threshold:
+                return "out-of-domain"
+        if self.unsure is not None and self.unsure[0] <= score < self.unsure[1]:
+            return "unsure"
+        return "present" if score >= self.threshold and found else "absent"
+
     def calibrate(self, presence_logits):
         """Calibrated presence logits (same type and shape as the input: tensor or array)."""
         cal = self.calibration
@@ -89,6 +112,7 @@ class ServingConfig:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["window"] = None if self.window is None else list(self.window)
+        out["unsure"] = None if self.unsure is None else list(self.unsure)
         return out
 
     @classmethod

@@ -340,7 +340,7 @@ class ChatService:
         try:
             from vlseg.data.io import load_image
 
-            return str(render.write_png(render.thumbnail(load_image(image).rgb, 160), dest))
+            return str(render.write_png(render.thumbnail(load_image(image).display, 160), dest))
         except Exception:  # a missing thumbnail must not cost the answer
             log.warning("could not render a thumbnail for %r", image, exc_info=True)
             return None
