@@ -42,6 +42,13 @@ test: setup browser
 test-fast: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
 
+# The suite with CPU kernels capped at AVX2 (ATen, oneDNN, MKL), whatever this machine has: the
+# float comparisons must hold across ISAs (an AVX-512/AMX machine sums in other orders than CI).
+.PHONY: test-isa
+test-isa: setup browser
+	HF_HUB_OFFLINE=1 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
+	  $(PY) -m pytest -q
+
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 

@@ -295,6 +295,33 @@ def _cmd_eval_retrieval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from vlseg.calibration import calibrate_checkpoint
+
+    res = calibrate_checkpoint(
+        args.model,
+        args.data,
+        val_split=args.val_split,
+        train_split=args.train_split,
+        method=args.method,
+        unsure=None if args.no_unsure else tuple(args.unsure),
+        ood_quantile=args.ood_quantile,
+        limit=args.limit,
+        report=args.report,
+    )
+    cal = res["calibration"]
+    print(
+        f"presence calibration {cal}: val ECE {res['val_ece_raw']:.4f} -> "
+        f"{res['val_ece_calibrated']:.4f} ({res['val_expressions']} expressions)"
+    )
+    print(
+        f"out-of-domain fit on {res['ood_train_images']} training images; threshold "
+        f"{res['ood_threshold']:.3f} ({args.ood_quantile:.0%} of val images below it)"
+    )
+    print(f"recorded in {args.model}/config.yaml (serving) and {args.model}/ood.safetensors")
+    return 0
+
+
 def _cmd_vocabulary(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -462,6 +489,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--into", required=True, help="checkpoint directory")
     p.add_argument("--replace", action="store_true", help="drop the words already recorded")
     p.set_defaults(func=_cmd_vocabulary)
+
+    p = sub.add_parser(
+        "calibrate",
+        help="fit presence calibration, the unsure band and the out-of-domain check of a "
+        "checkpoint on its data, and record them in the checkpoint",
+    )
+    p.add_argument("--model", required=True, help="checkpoint directory (changed in place)")
+    p.add_argument("--data", required=True)
+    p.add_argument("--val-split", default="val")
+    p.add_argument("--train-split", default="train")
+    p.add_argument("--method", default="temperature", choices=["temperature", "platt"])
+    p.add_argument(
+        "--unsure",
+        type=float,
+        nargs=2,
+        default=(0.2, 0.8),
+        metavar=("LOW", "HIGH"),
+        help="calibrated presence probabilities in [LOW, HIGH) are answered 'unsure'",
+    )
+    p.add_argument("--no-unsure", action="store_true", help="never answer 'unsure'")
+    p.add_argument("--ood-quantile", type=float, default=0.99)
+    p.add_argument("--limit", type=int, default=None, help="val expressions to use")
+    p.add_argument("--report", default=None, help="directory for calibration.json and a PNG")
+    p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("serve", help="start the chat app (Gradio)")
     p.add_argument("--model", default=None, help="name or checkpoint dir (default phantom-tiny)")

@@ -63,6 +63,14 @@ class EncodedImage:
         emb = F.normalize(self.features.embedding.detach().float(), dim=-1)
         return emb.cpu().numpy().astype(np.float32)
 
+    @property
+    def pooled(self) -> np.ndarray:
+        """N x (sum of widths) L2-normalised global averages of the multi-scale maps: the
+        out-of-domain detector's features (they describe appearance at every scale, where the
+        CLIP embedding keeps only what separates the training captions)."""
+        pooled = torch.cat([m.detach().float().mean((2, 3)) for m in self.features.maps], 1)
+        return F.normalize(pooled, dim=-1).cpu().numpy().astype(np.float32)
+
 
 @dataclass
 class Decoded:

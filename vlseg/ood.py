@@ -1,7 +1,8 @@
 """Image-level out-of-domain score: how unlike the training images an image is.
 
-The score is the Mahalanobis distance of the image's L2-normalised CLIP embedding from a
-Gaussian fitted to the training images' embeddings (Lee et al., 2018, "A simple unified
+The score is the Mahalanobis distance of the image's features (the L2-normalised global
+averages of the encoder's multi-scale maps, ``EncodedImage.pooled``) from a Gaussian fitted to
+the training images' features (Lee et al., 2018, "A simple unified
 framework for detecting out-of-distribution samples"), with the covariance shrunk towards its
 diagonal so that it stays invertible for a few hundred images in a few hundred dimensions. The
 fit lives next to the weights as ``ood.safetensors``; the threshold that flags an image
@@ -26,10 +27,10 @@ OOD_FILE = "ood.safetensors"
 
 @dataclass
 class OODDetector:
-    """A Gaussian over training-image embeddings.
+    """A Gaussian over training-image features.
 
     Attributes:
-        mean: (E,) float64 mean embedding.
+        mean: (E,) float64 mean feature vector.
         precision: (E, E) float64 inverse of the shrunk covariance.
     """
 
@@ -37,7 +38,7 @@ class OODDetector:
     precision: np.ndarray
 
     def score(self, embeddings: np.ndarray) -> np.ndarray:
-        """Mahalanobis distances, (N,) float64, of N x E L2-normalised embeddings."""
+        """Mahalanobis distances, (N,) float64, of N x E features."""
         d = np.atleast_2d(np.asarray(embeddings, dtype=np.float64)) - self.mean
         if d.shape[1] != self.mean.shape[0]:
             raise ValueError(
@@ -67,7 +68,7 @@ class OODDetector:
 
 
 def fit_ood(embeddings: np.ndarray, *, shrinkage: float = 0.1) -> OODDetector:
-    """Fit the Gaussian to N x E L2-normalised training embeddings.
+    """Fit the Gaussian to N x E training-image features.
 
     Args:
         shrinkage: in [0, 1); the covariance is ``(1 - s) * C + s * diag(C)`` (plus a tiny

@@ -199,7 +199,7 @@ class Segmenter:
                 self.model, x, [im.size for im in loaded], [im.spacing for im in loaded], loaded
             )
         if self.ood is not None:
-            encoded.ood_scores = [float(v) for v in self.ood.score(encoded.embedding)]
+            encoded.ood_scores = [float(v) for v in self.ood.score(encoded.pooled)]
         return encoded
 
     def set_image(self, image) -> Segmenter:
