@@ -39,12 +39,13 @@ class OODDetector:
 
     def score(self, embeddings: np.ndarray) -> np.ndarray:
         """Mahalanobis distances, (N,) float64, of N x E features."""
-        d = np.atleast_2d(np.asarray(embeddings, dtype=np.float64)) - self.mean
-        if d.shape[1] != self.mean.shape[0]:
+        x = np.atleast_2d(np.asarray(embeddings, dtype=np.float64))
+        if x.shape[1] != self.mean.shape[0]:
             raise ValueError(
-                f"embeddings have {d.shape[1]} dimensions, the OOD fit {self.mean.shape[0]}: "
+                f"features have {x.shape[1]} dimensions, the OOD fit {self.mean.shape[0]}: "
                 "was it fitted with another model? Refit it with vlseg calibrate"
             )
+        d = x - self.mean
         return np.sqrt(np.maximum(np.einsum("ne,ef,nf->n", d, self.precision, d), 0.0))
 
     def save(self, directory: str | os.PathLike) -> Path:

@@ -70,14 +70,26 @@ def area_text(r: SegmentationResult) -> str:
 
 
 def short_measure(r: SegmentationResult) -> str:
+    if r.verdict == "out-of-domain":
+        return "out of domain"
+    if r.verdict == "unsure" and r.area_px:
+        return "unsure"
     if not r.present:
-        return "not found"
+        return "not found" if r.verdict == "absent" else "unsure"
     return f"{r.area_mm2:,.1f} mm²" if r.area_mm2 is not None else f"{r.area_px:,} px"
 
 
 def describe(r: SegmentationResult) -> str:
     """One reply line, e.g. "**the liver**: area 1,234 px (345.6 mm²), 1 connected component"."""
     name = f"**{md_escape(r.text)}**"
+    if r.verdict == "out-of-domain":
+        return (
+            f"{name}: no answer: this image is unlike what this model was trained on, so any "
+            "mask would be a guess"
+        )
+    if r.verdict == "unsure":
+        tentative = f"; a tentative outline covers {area_text(r)}" if r.area_px else ""
+        return f"{name}: unsure whether it is there (presence {r.score:.2f}){tentative}"
     if not r.present:
         return f"{name}: not found (presence {r.score:.2f})"
     comps = f"{r.n_components} connected component" + ("s" if r.n_components != 1 else "")
