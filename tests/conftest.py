@@ -15,3 +15,15 @@ def tiny_data(tmp_path_factory):
     return write_dataset(
         tmp_path_factory.mktemp("phantoms") / "d", 12, seed=3, size=64, n_heldout=2, progress=False
     )
+
+
+def pytest_report_header(config):
+    """Which CPU kernels and how many threads: float results differ by reassociation across them
+    (``make test-isa`` caps the ISA at AVX2)."""
+    import torch
+
+    keys = "ATEN_CPU_CAPABILITY ONEDNN_MAX_CPU_ISA MKL_ENABLE_INSTRUCTIONS OMP_NUM_THREADS".split()
+    caps = " ".join(f"{k}={os.environ[k]}" for k in keys if k in os.environ)
+    isa, threads = torch.backends.cpu.get_cpu_capability(), torch.get_num_threads()
+    line = f"torch {torch.__version__}: {isa} kernels, {threads} threads"
+    return f"{line} ({caps})" if caps else line

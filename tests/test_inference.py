@@ -176,3 +176,29 @@ def test_segmenter_feeds_its_window_to_ct_files_and_keeps_the_files_for_display(
 
     Image.fromarray(_img()).save(png)
     assert seg.encode(png).images[0].meta.get("window") is None  # 8-bit images as they are
+
+
+def test_text_cache_answers_repeated_prompts_without_the_text_tower():
+    torch.manual_seed(0)
+    cfg = model_config("tiny-test")
+    seg = Segmenter(build_model(cfg), image_size=cfg.image_size)
+    calls = []
+    handle = seg.model.text.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        encoded = seg.encode(_img())
+        first = seg.segment(encoded, ["the liver", "both kidneys"])
+        assert len(calls) == 1 and len(seg.text_cache) == 2
+        again = seg.segment(encoded, ["both kidneys", "the liver", "the liver"])
+        assert len(calls) == 1, "every prompt came from the cache"
+        seg.segment(encoded, ["the spleen", "the liver"])
+        assert len(calls) == 2 and seg.text_cache.hits == 4
+    finally:
+        handle.remove()
+    # a cached prompt is re-padded to another batch length: equal up to fp32 rounding of the
+    # attention over a few tokens (~1e-6); decisions identical
+    np.testing.assert_allclose(again[1].probs, first[0].probs, atol=1e-5)
+    np.testing.assert_array_equal(again[0].mask, first[1].mask)
+    fresh = decode(seg.model, encoded, ["the liver"])  # no cache
+    np.testing.assert_allclose(
+        torch.sigmoid(fresh.presence).numpy(), [first[0].score], rtol=1e-5, atol=1e-6
+    )

@@ -25,6 +25,7 @@ def _cmd_phantoms(args: argparse.Namespace) -> int:
             workers=args.workers,
             overwrite=args.overwrite,
             progress=not args.quiet,
+            appearance=args.appearance,
         )
         print(f"wrote {out / 'manifest.jsonl'}")
     if args.preview is not None:
@@ -37,6 +38,7 @@ def _cmd_phantoms(args: argparse.Namespace) -> int:
                 modality=mods[i % len(mods)],
                 size=args.size,
                 prompts_per_target=args.prompts,
+                appearance=args.appearance,
             )
             for i in range(k)
         ]
@@ -374,6 +376,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--heldout", type=int, default=None, help="test_heldout samples (default n // 10)"
     )
     p.add_argument("--prompts", type=int, default=6, help="phrasings per target")
+    p.add_argument(
+        "--appearance",
+        default="classic",
+        choices=["classic", "randomized"],
+        help="classic look, or domain randomisation of intensities, contrast phase, noise, blur, "
+        "artefacts, field of view and anatomy (same labels-first generator)",
+    )
     p.add_argument("--workers", type=int, default=1, help="parallel rendering processes")
     p.add_argument("--preview", help="write a contact sheet PNG of the first samples")
     p.add_argument("--preview-count", type=int, default=12)

