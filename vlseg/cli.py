@@ -130,7 +130,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     res = seg.segment(args.image, args.text)
     save_mask_png(res.mask, args.out)
     area = f"{res.area_px} px" + (f" = {res.area_mm2:.1f} mm^2" if res.area_mm2 else "")
-    verdict = f"found: {area}, {res.n_components} component(s)" if res.present else "not found"
+    verdict = {
+        "present": f"found: {area}, {res.n_components} component(s)",
+        "absent": "not found",
+        "unsure": f"unsure (tentative outline: {area})",
+        "out-of-domain": "no answer: the image is unlike what this model was trained on",
+    }[res.verdict]
     print(f"{args.text!r}: {verdict} (presence {res.score:.3f}); mask written to {args.out}")
     if res.unfamiliar:
         print(

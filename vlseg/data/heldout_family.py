@@ -218,8 +218,8 @@ _CT_FIXED = {
 # Axial templates (image coordinates; the patient's right is on the image left).
 _LIVER = [
     (-0.78, -0.02), (-0.74, -0.26), (-0.60, -0.43), (-0.36, -0.52), (-0.10, -0.50),
-    (0.14, -0.44), (0.34, -0.34), (0.40, -0.26), (0.26, -0.18), (0.06, -0.14),
-    (-0.10, -0.06), (-0.20, 0.08), (-0.30, 0.17), (-0.48, 0.20), (-0.64, 0.15),
+    (0.14, -0.44), (0.34, -0.34), (0.42, -0.22), (0.30, -0.12), (0.08, -0.09),
+    (-0.10, -0.04), (-0.20, 0.08), (-0.30, 0.17), (-0.48, 0.20), (-0.64, 0.15),
 ]  # fmt: skip
 _SPLEEN = [
     (0.50, -0.20), (0.64, -0.14), (0.74, 0.00), (0.74, 0.16), (0.64, 0.26),
@@ -351,9 +351,7 @@ def render_family_ct(
     liver = _template(rng, size, _LIVER, angle=n(0.05), **j)
     liver &= cavity & ~ivc & ~kidneys["right"] & ~aorta & ~spine
     spleen = _template(rng, size, _SPLEEN, angle=n(0.1), **j) & cavity & ~liver & ~kidneys["left"]
-    stomach = (
-        _template(rng, size, _STOMACH, **j) & cavity & ~liver & ~spleen & ~kidneys["left"]
-    )
+    stomach = _template(rng, size, _STOMACH, **j) & cavity & ~liver & ~spleen & ~kidneys["left"]
 
     # Bowel loops in the free anterior and central abdomen.
     free = cavity & ~(liver | spleen | stomach | kidneys["left"] | kidneys["right"])
@@ -466,8 +464,11 @@ def render_family_ct(
         for _ in range(int(rng.integers(1, 4))):
             t = rng.uniform(0, np.pi)
             dist = np.abs((x - bx) * np.sin(t) - (y - sy) * np.cos(t))
-            hu -= sc["streak_hu"] * np.exp(-((dist * size / 2) ** 2) / 2.0) * body * rng.choice(
-                [-0.5, 1.0]
+            hu -= (
+                sc["streak_hu"]
+                * np.exp(-((dist * size / 2) ** 2) / 2.0)
+                * body
+                * rng.choice([-0.5, 1.0])
             )
     hu = _lowpass(hu, sc["kernel_cutoff"], sc["kernel_order"])
     peak = sc["noise_peak"]
@@ -530,7 +531,9 @@ def _vessel_tree(rng, size: int, mask: np.ndarray) -> np.ndarray:
         draw.line([tuple(p), tuple(q)], fill=255, width=max(1, int(width)))
         if depth > 0:
             for turn in (-1, 1):
-                grow(q, heading + turn * rng.uniform(0.3, 0.8), length * 0.7, width * 0.7, depth - 1)
+                grow(
+                    q, heading + turn * rng.uniform(0.3, 0.8), length * 0.7, width * 0.7, depth - 1
+                )
 
     for _ in range(int(rng.integers(2, 5))):
         r, c = pts[rng.integers(len(pts))]
@@ -572,7 +575,8 @@ def render_family_dermoscopy(
     m0 = rng.uniform(*_MELANIN[tone])
     # Chromophore maps: epidermal melanin, haemoglobin, dermal melanin, whitening (scar/keratin).
     mel = m0 * (1 + 0.08 * _fft_filter(rng, size, lambda f: np.exp(-((f / 0.015) ** 2))))
-    hb = rng.uniform(0.15, 0.35) + 0.06 * _fft_filter(rng, size, lambda f: np.exp(-((f / 0.03) ** 2)))
+    blotch = _fft_filter(rng, size, lambda f: np.exp(-((f / 0.03) ** 2)))
+    hb = rng.uniform(0.15, 0.35) + 0.06 * blotch
     dermal = np.zeros((size, size), np.float32)
     white = np.zeros((size, size), np.float32)
 
@@ -610,7 +614,7 @@ def render_family_dermoscopy(
         hb += 0.35 * L * (parts == 3)
     elif cls == "seborrheic keratosis":
         mel += L * amp * rng.uniform(0.9, 1.4)
-        gyri = np.sin((noise(0.06) * 2.5 + 4 * warp / 3.0))  # cerebriform ridges and fissures
+        gyri = np.sin(noise(0.06) * 2.5 + 4 * warp / 3.0)  # cerebriform ridges and fissures
         mel += L * 0.6 * amp * (gyri < -0.6)
         white += 0.7 * L * ndimage.binary_dilation((noise(0.25) > 2.5) & (depth > 0.1))  # milia
         mel += 2.5 * amp * L * ((noise(0.25) < -2.6) & (depth > 0.1))  # comedo-like openings
@@ -692,11 +696,13 @@ def render_family_dermoscopy(
         rr = np.hypot(x - bx_, y - by_) / br
         refl = refl + (0.35 * np.exp(-((rr - 1) ** 2) / 0.01) + 0.05 * (rr < 1))[..., None]
     gx, gy = rng.uniform(-0.5, 0.5, 2)
-    refl = refl + rng.uniform(0.05, 0.3) * np.exp(-((x - gx) ** 2 + (y - gy) ** 2) / 0.01)[..., None]
+    glare = np.exp(-((x - gx) ** 2 + (y - gy) ** 2) / 0.01)
+    refl = refl + rng.uniform(0.05, 0.3) * glare[..., None]
     field = str(rng.choice(["none", "rounded_square", "ruler"], p=[0.4, 0.35, 0.25]))
     if field == "rounded_square":
         stop = _superellipse(x, y, 0, 0, rng.uniform(0.9, 1.0), rng.uniform(0.9, 1.0), p=5.0)
-        refl = refl * np.clip(ndimage.gaussian_filter(stop.astype(np.float32), 3), 0.03, 1)[..., None]
+        stop = np.clip(ndimage.gaussian_filter(stop.astype(np.float32), 3), 0.03, 1)
+        refl = refl * stop[..., None]
     elif field == "ruler":
         band = y > 0.88
         refl[band] = 0.85

@@ -289,7 +289,7 @@ def _resample(a: np.ndarray, factor: float) -> np.ndarray:
     small = max(8, round(size / factor))
     im = Image.fromarray(a.astype(np.float32), mode="F")
     im = im.resize((small, small), Image.Resampling.BOX)
-    return np.asarray(im.resize((size, size), Image.Resampling.BILINEAR), np.float32)
+    return np.array(im.resize((size, size), Image.Resampling.BILINEAR), np.float32)
 
 
 def ct_appearance(
@@ -502,11 +502,11 @@ def derm_finish(
         img = img + _u(arng, 30, 90) * glare[..., None]
     # White balance (colour temperature and tint) and per-channel gains.
     temp, tint = _u(arng, -1, 1), _u(arng, -1, 1)
-    wb = np.array([1 + 0.12 * temp, 1 + 0.06 * tint, 1 - 0.12 * temp]) * arng.uniform(0.95, 1.05, 3)
+    wb = np.array([1 + 0.1 * temp, 1 + 0.03 * tint, 1 - 0.1 * temp]) * arng.uniform(0.95, 1.05, 3)
     img = img * wb.astype(np.float32)
     # Saturation, contrast, gamma.
     grey = img.mean(-1, keepdims=True)
-    img = grey + (img - grey) * _u(arng, 0.7, 1.35)
+    img = grey + (img - grey) * _u(arng, 0.7, 1.25)
     mean = float(img.mean())
     img = mean + (img - mean) * _u(arng, 0.85, 1.2)
     gamma = _u(arng, 0.8, 1.25)

@@ -1,0 +1,243 @@
+"""Domain-randomised phantoms (``appearance="randomized"``): determinism, exact masks, side and
+density words kept true, variety; and the classic phantoms left byte-identical."""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from vlseg.cli import main as cli_main
+from vlseg.data.phantoms import generate_sample, iter_samples, write_dataset
+from vlseg.data.phantoms.randomize import min_area
+
+
+def _digest(s):
+    h = hashlib.sha256(s.image.tobytes())
+    for t in s.targets:
+        h.update(t.key.encode())
+        h.update("|".join(t.prompts).encode())
+        h.update(np.packbits(s.mask(t)).tobytes())
+    for o in s.objects:
+        h.update(o.name.encode())
+        h.update(np.packbits(o.mask).tobytes())
+        h.update(json.dumps(o.attrs, sort_keys=True).encode())
+    h.update(json.dumps(s.attrs, sort_keys=True).encode())
+    h.update(s.caption.encode())
+    h.update(repr(s.spacing).encode())
+    return h.hexdigest()[:16]
+
+
+# Digests of classic samples taken before the randomisation hooks were added.
+CLASSIC = {
+    ("ct", 0, 0, 256, False): "c920532695c0a78f",
+    ("ct", 1, 3, 96, False): "5b6ccc4cdf0b5664",
+    ("ct", 5, 7, 128, False): "8be439b022d28663",
+    ("ct", 2, 1, 128, True): "6a7ac8ef576dff89",
+    ("dermoscopy", 0, 0, 256, False): "4502b3115f6b8ff9",
+    ("dermoscopy", 1, 3, 96, False): "625ca04670e55259",
+    ("dermoscopy", 5, 7, 128, False): "ec537ec5db6c48d9",
+    ("dermoscopy", 2, 1, 128, True): "0e26c4cc8a779d6b",
+}
+
+
+@pytest.mark.parametrize("key", list(CLASSIC))
+def test_classic_samples_unchanged(key):
+    modality, seed, index, size, heldout = key
+    s = generate_sample(seed=seed, index=index, modality=modality, size=size, heldout=heldout)
+    assert _digest(s) == CLASSIC[key]
+    explicit = generate_sample(
+        seed=seed, index=index, modality=modality, size=size, heldout=heldout, appearance="classic"
+    )
+    assert _digest(explicit) == CLASSIC[key]
+
+
+@pytest.mark.parametrize("modality", ["ct", "dermoscopy"])
+def test_randomized_is_deterministic_and_differs_from_classic(modality):
+    kw = dict(index=4, modality=modality, size=96, appearance="randomized")
+    a, b = generate_sample(seed=3, **kw), generate_sample(seed=3, **kw)
+    assert _digest(a) == _digest(b)
+    assert _digest(a) != _digest(generate_sample(seed=4, **kw))
+    classic = generate_sample(seed=3, index=4, modality=modality, size=96)
+    assert not np.array_equal(a.image, classic.image)
+    assert a.attrs["appearance"] == "randomized"
+
+
+def _randomized(n, seed=0, size=128, modality="ct", n_heldout=0):
+    return list(
+        iter_samples(
+            n, seed=seed, modality=modality, size=size, n_heldout=n_heldout, appearance="randomized"
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def ct_samples():
+    return _randomized(40, seed=21)
+
+
+def test_masks_consistent_with_objects_and_targets(ct_samples):
+    derm = _randomized(8, seed=2, modality="dermoscopy")
+    for s in ct_samples + derm:
+        names = [o.name for o in s.objects]
+        assert len(set(names)) == len(names), s.id
+        for o in s.objects:
+            assert o.mask.shape == s.image.shape[:2] and o.mask.dtype == bool
+            assert o.mask.sum() >= min_area(128), (s.id, o.name)
+        for t in s.targets:
+            area = int(s.mask(t).sum())
+            assert (area > 0) == t.positive, (s.id, t.key)
+        if s.modality == "ct":
+            liver = s.object("liver").mask if "liver" in names else None
+            lesions = [o for o in s.objects if o.category == "hepatic_lesion"]
+            assert s.attrs["n_lesions"] == len(lesions)
+            assert [o.name for o in lesions] == [
+                f"hepatic_lesion_{i + 1}" for i in range(len(lesions))
+            ]
+            for o in lesions:
+                assert liver is not None and not (o.mask & ~liver).any(), s.id
+                assert o.attrs["area"] == int(o.mask.sum())
+
+
+def test_absent_organs_become_negatives(ct_samples):
+    absent = set()
+    for s in ct_samples:
+        names = {o.name for o in s.objects}
+        targets = {t.key: t for t in s.targets}
+        for organ in ("spleen", "kidney_left", "kidney_right", "aorta", "liver", "spine"):
+            assert targets[organ].positive == (organ in names), (s.id, organ)
+            if organ not in names:
+                absent.add(organ)
+        kidneys = {"kidney_left", "kidney_right"} & names
+        if len(kidneys) == 1:
+            assert "kidneys" not in targets  # "both kidneys" with one in view: not asked
+        else:
+            assert targets["kidneys"].positive == (len(kidneys) == 2)
+    assert {"spleen", "kidney_right"} <= absent  # slice levels without them occur
+
+
+def test_no_left_right_flip(ct_samples):
+    # Radiological convention: patient's left (left kidney, spleen) on the image right.
+    n = 0
+    for s in ct_samples:
+        cols = {o.name: np.argwhere(o.mask)[:, 1].mean() for o in s.objects}
+        if "kidney_left" in cols and "kidney_right" in cols:
+            assert cols["kidney_right"] < cols["kidney_left"], s.id
+            n += 1
+        if "kidney_left" in cols:
+            assert cols["kidney_left"] > 64, s.id
+        if "spleen" in cols:
+            assert cols["spleen"] > 64 and cols["spleen"] > cols["liver"], s.id
+        if "liver" in cols:
+            assert cols["liver"] < 64, s.id
+        # Lobe words: a left-lobe lesion lies right of every right-lobe lesion.
+        lobes = {"left": [], "right": []}
+        for o in s.objects:
+            if o.category == "hepatic_lesion":
+                lobes[o.attrs["lobe"]].append(cols[o.name])
+        if lobes["left"] and lobes["right"]:
+            assert min(lobes["left"]) > max(lobes["right"]), s.id
+    assert n > 20
+
+
+def test_density_words_true_in_the_rendered_image(ct_samples):
+    checked = 0
+    for s in ct_samples + _randomized(0, seed=9, n_heldout=6):
+        liver = s.object("liver").mask if any(o.name == "liver" for o in s.objects) else None
+        lesions = [o for o in s.objects if o.category == "hepatic_lesion"]
+        if liver is None or not lesions:
+            continue
+        others = np.zeros_like(liver)
+        for o in lesions:
+            others |= ndimage.binary_dilation(o.mask, iterations=2)
+        img = s.image.astype(np.float64)
+        for o in lesions:
+            ring = ndimage.binary_dilation(o.mask, iterations=6) & liver & ~others
+            if ring.sum() < 10:
+                ring = liver & ~others
+            inner = ndimage.binary_erosion(o.mask) if o.mask.sum() > 30 else o.mask
+            diff = img[inner].mean() - img[ring].mean()
+            if o.attrs["density"] == "hyper":
+                assert diff > 3, (s.id, o.name, diff)
+            else:
+                assert diff < -3, (s.id, o.name, diff)
+            checked += 1
+    assert checked > 25
+
+
+def test_heldout_randomized_keeps_the_reserved_combination():
+    for s in _randomized(0, seed=4, n_heldout=4):
+        assert s.split == "test_heldout"
+        assert any(
+            o.attrs.get("density") == "hyper" and o.attrs.get("lobe") == "left" for o in s.objects
+        ), s.id
+
+
+def test_variety_much_larger_than_classic(ct_samples):
+    def liver_stats(samples):
+        means, stds = [], []
+        for s in samples:
+            if any(o.name == "liver" for o in s.objects):
+                v = s.image[s.object("liver").mask].astype(np.float64)
+                means.append(v.mean())
+                stds.append(v.std())
+        return np.std(means), np.std(stds)
+
+    classic = list(iter_samples(40, seed=21, modality="ct", size=128))
+    (m_c, s_c), (m_r, s_r) = liver_stats(classic), liver_stats(ct_samples)
+    assert m_r > 3 * m_c and s_r > 2 * s_c
+    # Contrast phases change the organs' order: the spleen is sometimes darker than the liver,
+    # sometimes clearly brighter; the aorta is sometimes far brighter (arterial phase).
+    phases = {s.attrs["contrast"]["phase"] for s in ct_samples}
+    assert phases == {"non-contrast", "arterial", "portal venous"}
+
+
+def test_dermoscopy_variety():
+    samples = _randomized(24, seed=3, modality="dermoscopy")
+    skin = [s.image[~s.objects[0].mask].reshape(-1, 3).mean(0) for s in samples]
+    classic = list(iter_samples(24, seed=3, modality="dermoscopy", size=128))
+    skin_c = [s.image[~s.objects[0].mask].reshape(-1, 3).mean(0) for s in classic]
+    assert np.std(skin, 0).mean() > 1.2 * np.std(skin_c, 0).mean()
+    acq = [s.attrs["acquisition"] for s in samples]
+    assert any(a["bubbles"] for a in acq) and any(a["blur_px"] > 0 for a in acq)
+    assert {a["vignette"] for a in acq} == {"field", "soft"}
+
+
+def test_bad_appearance_is_named():
+    with pytest.raises(ValueError, match="unknown appearance 'wild'.*classic, randomized"):
+        generate_sample(seed=0, index=0, modality="ct", appearance="wild")
+
+
+def test_dataset_and_cli_record_the_appearance(tmp_path):
+    out = write_dataset(
+        tmp_path / "d", 4, seed=1, size=64, progress=False, appearance="randomized", n_heldout=1
+    )
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["appearance"] == "randomized"
+    rc = cli_main(
+        [
+            "phantoms",
+            "--out",
+            str(tmp_path / "c"),
+            "--n",
+            "2",
+            "--size",
+            "64",
+            "--appearance",
+            "randomized",
+            "--preview",
+            str(tmp_path / "sheet.png"),
+            "--preview-count",
+            "2",
+            "--quiet",
+        ]
+    )
+    assert rc == 0
+    assert json.loads((tmp_path / "c" / "dataset.json").read_text())["appearance"] == "randomized"
+    a = (out / "images").iterdir()
+    b = write_dataset(
+        tmp_path / "e", 4, seed=1, size=64, progress=False, appearance="randomized", workers=2
+    )
+    for p in a:
+        assert p.read_bytes() == (b / "images" / p.name).read_bytes()
