@@ -142,28 +142,30 @@ def test_no_left_right_flip(ct_samples):
 
 
 def test_density_words_true_in_the_rendered_image(ct_samples):
-    checked = 0
+    # A "hyperdense" lesion is brighter than the liver around it in the rendered image, a
+    # "hypodense" one darker: always for lesions of a fair size, and for nearly all tiny ones
+    # (whose few pixels' mean can be tipped by a noise realisation).
+    ok = []
     for s in ct_samples + _randomized(0, seed=9, n_heldout=6):
         liver = s.object("liver").mask if any(o.name == "liver" for o in s.objects) else None
         lesions = [o for o in s.objects if o.category == "hepatic_lesion"]
         if liver is None or not lesions:
             continue
+        core = ndimage.binary_erosion(liver, iterations=2)  # away from partial volume with fat
         others = np.zeros_like(liver)
         for o in lesions:
             others |= ndimage.binary_dilation(o.mask, iterations=2)
         img = s.image.astype(np.float64)
         for o in lesions:
-            ring = ndimage.binary_dilation(o.mask, iterations=6) & liver & ~others
+            ring = ndimage.binary_dilation(o.mask, iterations=6) & core & ~others
             if ring.sum() < 10:
-                ring = liver & ~others
-            inner = ndimage.binary_erosion(o.mask) if o.mask.sum() > 30 else o.mask
-            diff = img[inner].mean() - img[ring].mean()
-            if o.attrs["density"] == "hyper":
-                assert diff > 3, (s.id, o.name, diff)
-            else:
-                assert diff < -3, (s.id, o.name, diff)
-            checked += 1
-    assert checked > 25
+                ring = core & ~others
+            diff = img[o.mask].mean() - img[ring].mean()
+            good = diff > 3 if o.attrs["density"] == "hyper" else diff < -3
+            if o.mask.sum() >= 40:
+                assert good, (s.id, o.name, o.attrs, diff)
+            ok.append(good)
+    assert len(ok) > 25 and np.mean(ok) >= 0.95
 
 
 def test_heldout_randomized_keeps_the_reserved_combination():
@@ -194,11 +196,19 @@ def test_variety_much_larger_than_classic(ct_samples):
 
 
 def test_dermoscopy_variety():
-    samples = _randomized(24, seed=3, modality="dermoscopy")
-    skin = [s.image[~s.objects[0].mask].reshape(-1, 3).mean(0) for s in samples]
-    classic = list(iter_samples(24, seed=3, modality="dermoscopy", size=128))
-    skin_c = [s.image[~s.objects[0].mask].reshape(-1, 3).mean(0) for s in classic]
-    assert np.std(skin, 0).mean() > 1.2 * np.std(skin_c, 0).mean()
+    def spread(samples):  # skin brightness spread within each named tone, and chromaticity
+        lum, chroma = {}, []
+        for s in samples:
+            centre = (np.hypot(*np.mgrid[-1:1:128j, -1:1:128j]) < 0.7) & ~s.objects[0].mask
+            rgb = s.image[centre].reshape(-1, 3).astype(np.float64).mean(0)
+            lum.setdefault(s.attrs["skin_tone"], []).append(rgb.mean())
+            chroma.append(rgb / rgb.sum())
+        return np.mean([np.std(v) for v in lum.values()]), np.std(chroma, 0).mean()
+
+    samples = _randomized(30, seed=3, modality="dermoscopy")
+    classic = list(iter_samples(30, seed=3, modality="dermoscopy", size=128))
+    (lum_r, chroma_r), (lum_c, chroma_c) = spread(samples), spread(classic)
+    assert lum_r > 2 * lum_c and chroma_r > chroma_c
     acq = [s.attrs["acquisition"] for s in samples]
     assert any(a["bubbles"] for a in acq) and any(a["blur_px"] > 0 for a in acq)
     assert {a["vignette"] for a in acq} == {"field", "soft"}

@@ -318,18 +318,37 @@ def ct_appearance(
     lut, tissue = _ct_lut(arng)
     noise_kind = str(arng.choice(["white", "correlated", "poisson", "textured"]))
     noise = _u(arng, 3, 28)
-    width = _u(arng, 250, 500)
-    liver_pos = _u(arng, 0.45, 0.72)  # where the liver sits in the display window
+    blur = _u(arng, 0.3, 1.5)
+    res = _u(arng, 1.3, 2.5) if arng.random() < 0.35 else 1.0
+    # Soft-tissue window, sometimes a narrow liver window.
+    width = _u(arng, 150, 260) if arng.random() < 0.3 else _u(arng, 300, 520)
+    # Display window level drawn independently of the tissues (so the liver's grey level moves
+    # with the phase), kept where the liver stays inside the window.
+    level0 = _u(arng, 10, 90)
+    liver_pos = float(np.clip((lut[T_LIVER] - level0) / width + 0.5, 0.3, 0.85))
+    # Lesions: contrast to the liver well above the noise, raised for small lesions that blur
+    # and a coarse resolution would wash out, so "hypodense" / "hyperdense" stay visibly true.
+    sigma_eff = float(np.hypot(blur, 0.45 * res if res > 1 else 0.0))
+    contrasts = {}
+    for k in densities:
+        r_px = float(np.sqrt((lab == T_LESION0 + k).sum() / np.pi))
+        retention = max(0.35, 1.0 - float(np.exp(-(r_px**2) / (2 * sigma_eff**2))))
+        contrasts[k] = max(_u(arng, 25, 80), 1.5 * noise + 5) / retention
+    margin = 0.06
+    hyper = [c for k, c in contrasts.items() if densities[k] == "hyper"]
+    hypo = [c for k, c in contrasts.items() if densities[k] == "hypo"]
+    if hyper:  # room above the liver in the window
+        liver_pos = min(liver_pos, max(0.3, 1 - margin - max(hyper) / width))
+    if hypo:  # room below it
+        liver_pos = max(liver_pos, min(0.7, margin + max(hypo) / width))
     level = lut[T_LIVER] - (liver_pos - 0.5) * width
     lo, hi = level - width / 2, level + width / 2
-    # Lesions: contrast to the liver at least ~noise, never lost outside the display window.
     for k, density in densities.items():
-        contrast = max(_u(arng, 25, 80), 1.2 * noise)
         if density == "hypo":
-            val = max(lut[T_LIVER] - contrast, lo + 0.06 * width)
+            val = max(lut[T_LIVER] - contrasts[k], lo + margin * width)
             lut[T_CORE0 + k] = max(val - _u(arng, 10, 30), lo)
         else:
-            val = min(lut[T_LIVER] + contrast, hi - 0.06 * width)
+            val = min(lut[T_LIVER] + contrasts[k], hi - margin * width)
             lut[T_CORE0 + k] = val
         lut[T_LESION0 + k] = val
 
@@ -342,9 +361,7 @@ def ct_appearance(
     streak = bool(arng.random() < 0.3)
     if streak:
         hu += _streaks(arng, g, lab) * body
-    blur = _u(arng, 0.3, 1.5)
     hu = ndimage.gaussian_filter(hu, blur)
-    res = _u(arng, 1.3, 2.5) if arng.random() < 0.35 else 1.0
     if res > 1.0:
         hu = _resample(hu, res)
     if noise_kind == "white":
@@ -502,7 +519,7 @@ def derm_finish(
         img = img + _u(arng, 30, 90) * glare[..., None]
     # White balance (colour temperature and tint) and per-channel gains.
     temp, tint = _u(arng, -1, 1), _u(arng, -1, 1)
-    wb = np.array([1 + 0.1 * temp, 1 + 0.03 * tint, 1 - 0.1 * temp]) * arng.uniform(0.95, 1.05, 3)
+    wb = np.array([1 + 0.14 * temp, 1 + 0.03 * tint, 1 - 0.14 * temp]) * arng.uniform(0.95, 1.05, 3)
     img = img * wb.astype(np.float32)
     # Saturation, contrast, gamma.
     grey = img.mean(-1, keepdims=True)
