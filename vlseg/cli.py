@@ -13,6 +13,8 @@ def _cmd_phantoms(args: argparse.Namespace) -> int:
 
     if args.out is None and args.preview is None:
         raise SystemExit("vlseg phantoms: give --out DIR (a dataset) and/or --preview SHEET.png")
+    if args.family == "heldout":
+        return _family_phantoms(args)
     if args.out is not None:
         out = write_dataset(
             args.out,
@@ -41,6 +43,44 @@ def _cmd_phantoms(args: argparse.Namespace) -> int:
                 appearance=args.appearance,
             )
             for i in range(k)
+        ]
+        print(f"wrote {contact_sheet(samples, args.preview)}")
+    return 0
+
+
+def _family_phantoms(args: argparse.Namespace) -> int:
+    """The held-out renderer family (evaluation only: splits val and test)."""
+    from vlseg.data.heldout_family import generate_family_sample, write_family_dataset
+    from vlseg.data.phantoms.sheet import contact_sheet
+
+    if args.appearance != "classic" or args.heldout:
+        raise SystemExit(
+            "vlseg phantoms: --family heldout has its own appearance and no test_heldout split; "
+            "drop --appearance/--heldout"
+        )
+    if args.out is not None:
+        out = write_family_dataset(
+            args.out,
+            args.n,
+            seed=args.seed,
+            size=args.size,
+            modality=args.modality,
+            prompts_per_target=args.prompts,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
+        print(f"wrote {out}/manifest.jsonl")
+    if args.preview is not None:
+        mods = ["ct", "dermoscopy"] if args.modality == "all" else [args.modality]
+        samples = [
+            generate_family_sample(
+                seed=args.seed,
+                index=i,
+                modality=mods[i % len(mods)],
+                size=args.size,
+                prompts_per_target=args.prompts,
+            )
+            for i in range(min(args.n, args.preview_count))
         ]
         print(f"wrote {contact_sheet(samples, args.preview)}")
     return 0
@@ -387,6 +427,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["classic", "randomized"],
         help="classic look, or domain randomisation of intensities, contrast phase, noise, blur, "
         "artefacts, field of view and anatomy (same labels-first generator)",
+    )
+    p.add_argument(
+        "--family",
+        default="training",
+        choices=["training", "heldout"],
+        help="the training generator, or the separately written held-out renderer family "
+        "(for evaluation only; docs/heldout_family.md)",
     )
     p.add_argument("--workers", type=int, default=1, help="parallel rendering processes")
     p.add_argument("--preview", help="write a contact sheet PNG of the first samples")
