@@ -23,7 +23,7 @@ from vlseg.evaluation import evaluate  # noqa: E402
 from vlseg.metrics import dice  # noqa: E402
 
 
-def breakdown(seg, data: str, split: str) -> dict:
+def breakdown(seg, data: str, split: str, limit: int | None = None) -> dict:
     vis = seg.model.vision
     ds = ManifestDataset(
         data, split, image_size=seg.image_size, mean=vis.mean, std=vis.std, prompt="all"
@@ -36,7 +36,16 @@ def breakdown(seg, data: str, split: str) -> dict:
             by_target[rec.target or "?"].append(d)
             by_text[res.text].append(d)
 
-    evaluate(seg.model, ds, serving=seg.serving, device=seg.device, progress=True, on_item=collect)
+    evaluate(
+        seg.model,
+        ds,
+        serving=seg.serving,
+        device=seg.device,
+        limit=limit,
+        progress=True,
+        on_item=collect,
+        hd95=False,
+    )
     summary = {k: {"n": len(v), "dice": float(np.mean(v))} for k, v in sorted(by_target.items())}
     texts = {k: {"n": len(v), "dice": float(np.mean(v))} for k, v in sorted(by_text.items())}
     all_d = [d for v in by_target.values() for d in v]
@@ -49,11 +58,12 @@ def main(argv=None) -> int:
     p.add_argument("--data", default="data/phantoms")
     p.add_argument("--split", default="test_heldout")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--limit", type=int, default=None, help="an evenly spaced subset")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    res = breakdown(vlseg.load(args.model), args.data, args.split)
+    res = breakdown(vlseg.load(args.model), args.data, args.split, args.limit)
     print(f"{args.split}: Dice {res['dice']:.3f} over {res['n']} positive expressions")
     for k, v in res["targets"].items():
         print(f"  {k:24s} n={v['n']:4d}  Dice {v['dice']:.3f}")

@@ -39,6 +39,7 @@ def evaluate(
     serving: ServingConfig | None = None,
     progress: bool = False,
     on_item: Callable[..., None] | None = None,
+    hd95: bool = True,
 ) -> dict[str, float]:
     """Referring segmentation metrics over a dataset.
 
@@ -57,6 +58,7 @@ def evaluate(
         serving: threshold and calibration (default ``ServingConfig()``: 0.5, uncalibrated).
         on_item: called as ``on_item(record, result, target, positive)`` for every scored
             expression (e.g. to break the metrics down by target).
+        hd95: also compute HD95 (at the original resolution only; the slowest metric).
     """
     serving = serving or ServingConfig()
     device = device or next(model.parameters()).device
@@ -64,7 +66,7 @@ def evaluate(
     n = len(ds) if limit is None else min(limit, len(ds))
     # An evenly spaced subset keeps both modalities and all targets when limited.
     idx = np.linspace(0, len(ds) - 1, n).round().astype(int) if n < len(ds) else np.arange(n)
-    pos_meter = SegmentationMeter(with_hd95=original_resolution)
+    pos_meter = SegmentationMeter(with_hd95=original_resolution and hd95)
     all_meter = SegmentationMeter(with_hd95=False)
     scores, labels = [], []
     for start in tqdm(range(0, n, batch_size), disable=not progress, desc="eval"):
