@@ -23,7 +23,7 @@ $(VENV)/.torch-installed: | $(PY)
 	  || $(PIP) install torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION)
 	@touch $@
 
-$(STAMP): pyproject.toml $(VENV)/.torch-installed
+$(STAMP): pyproject.toml setup.py $(VENV)/.torch-installed
 	$(PIP) install -e ".[all]" torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION)
 	@touch $@
 

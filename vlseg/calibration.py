@@ -128,6 +128,7 @@ def calibrate_checkpoint(
     ood_quantile: float = 0.99,
     limit: int | None = None,
     image_limit: int | None = 2000,
+    ood_data: str | os.PathLike | None = None,
     report: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> dict:
@@ -136,7 +137,9 @@ def calibrate_checkpoint(
     - presence calibration (``method``) fitted on ``val_split``'s expressions;
     - the "unsure" band of calibrated presence probabilities;
     - the out-of-domain fit on ``train_split``'s images (``ood.safetensors``) and the
-      threshold: the ``ood_quantile`` quantile of ``val_split``'s image scores.
+      threshold: the ``ood_quantile`` quantile of ``val_split``'s image scores, both of
+      ``ood_data`` (default ``data``): the images whose look the model should accept, e.g.
+      its domain-randomised training data.
 
     Returns:
         What was fitted and measured (ECE before/after on val, temperature, threshold, ...).
@@ -155,9 +158,9 @@ def calibrate_checkpoint(
     seg.ood = None
     vis = seg.model.vision
 
-    def dataset(split):
+    def dataset(split, source=data):
         return ManifestDataset(
-            data, split, image_size=seg.image_size, mean=vis.mean, std=vis.std, prompt="all"
+            source, split, image_size=seg.image_size, mean=vis.mean, std=vis.std, prompt="all"
         )
 
     val = dataset(val_split)
@@ -166,8 +169,9 @@ def calibrate_checkpoint(
     calibrated = replace(seg.serving, calibration=cal)
     p_raw = 1 / (1 + np.exp(-z))
     p_cal = 1 / (1 + np.exp(-calibrated.calibrate(z)))
-    train_images = _unique_images(dataset(train_split), image_limit)
-    val_images = _unique_images(val, image_limit)
+    ood_source = data if ood_data is None else ood_data
+    train_images = _unique_images(dataset(train_split, ood_source), image_limit)
+    val_images = _unique_images(dataset(val_split, ood_source), image_limit)
     detector = fit_ood(ood_features(seg, train_images))
     val_scores = detector.score(ood_features(seg, val_images))
     threshold = float(np.quantile(val_scores, ood_quantile))

@@ -353,6 +353,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         method=args.method,
         unsure=None if args.no_unsure else tuple(args.unsure),
         ood_quantile=args.ood_quantile,
+        ood_data=args.ood_data,
         limit=args.limit,
         report=args.report,
     )
@@ -571,6 +572,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-unsure", action="store_true", help="never answer 'unsure'")
     p.add_argument("--ood-quantile", type=float, default=0.99)
+    p.add_argument(
+        "--ood-data",
+        default=None,
+        help="dataset whose train/val images define what the model accepts (default: --data), "
+        "e.g. domain-randomised phantoms",
+    )
     p.add_argument("--limit", type=int, default=None, help="val expressions to use")
     p.add_argument("--report", default=None, help="directory for calibration.json and a PNG")
     p.set_defaults(func=_cmd_calibrate)
