@@ -62,3 +62,60 @@ def test_verdicts_unsure_and_out_of_domain():
     assert "unlike what this model was trained on" in describe(res)
     seg.serving = ServingConfig(ood_threshold=1e9)
     assert seg.segment(_img(), "the liver").verdict in ("present", "absent")
+
+
+def test_cli_calibrate_records_serving_and_ood_in_the_checkpoint(tiny_data, tmp_path, capsys):
+    import yaml
+
+    import vlseg
+    from vlseg.checkpoint import save_checkpoint
+    from vlseg.cli import main as cli_main
+
+    torch.manual_seed(0)
+    cfg = model_config("tiny-test")
+    save_checkpoint(build_model(cfg), cfg, tmp_path / "ck")
+    rc = cli_main(
+        [
+            "calibrate",
+            "--model",
+            str(tmp_path / "ck"),
+            "--data",
+            str(tiny_data),
+            "--limit",
+            "40",
+            "--report",
+            str(tmp_path / "rep"),
+        ]
+    )
+    assert rc == 0
+    assert "presence calibration" in capsys.readouterr().out
+    serving = yaml.safe_load((tmp_path / "ck" / "config.yaml").read_text())["serving"]
+    assert serving["calibration"]["method"] == "temperature"
+    assert serving["unsure"] == [0.2, 0.8] and serving["ood_threshold"] > 0
+    assert (tmp_path / "ck" / "ood.safetensors").is_file()
+    assert (tmp_path / "rep" / "reliability_val.png").is_file()
+    seg = vlseg.load(tmp_path / "ck")
+    assert seg.ood is not None and seg.serving.calibration == serving["calibration"]
+    res = seg.segment(next((tiny_data / "images").glob("ct_*.png")), "the liver")
+    assert res.ood_score is not None and res.verdict in (
+        "present",
+        "absent",
+        "unsure",
+        "out-of-domain",
+    )
+
+
+def test_cli_writes_the_heldout_family(tmp_path):
+    from vlseg.cli import main as cli_main
+    from vlseg.data.manifest import read_manifest
+
+    rc = cli_main(
+        ["phantoms", "--family", "heldout", "--out", str(tmp_path / "f"), "--n", "4",
+         "--size", "64", "--seed", "3", "--quiet"]
+    )  # fmt: skip
+    assert rc == 0
+    recs = read_manifest(tmp_path / "f")
+    assert recs and all(r.id.startswith("hf_") for r in recs)
+    with pytest.raises(SystemExit, match="own appearance"):
+        cli_main(["phantoms", "--family", "heldout", "--out", str(tmp_path / "g"),
+                  "--appearance", "randomized"])  # fmt: skip
