@@ -45,7 +45,7 @@ from scipy import interpolate, ndimage
 from tqdm import tqdm
 
 from ..atomic import atomic_directory
-from .phantoms import sample_records, split_of
+from .phantoms import split_of, write_samples
 from .phantoms.ct import HELDOUT_COMBOS as CT_HELDOUT_COMBOS
 from .phantoms.ct import ct_caption, ct_targets
 from .phantoms.dermoscopy import CLASSES as DERM_CLASSES
@@ -788,10 +788,6 @@ def iter_family_samples(
         )
 
 
-def _save_png(array: np.ndarray, path: Path) -> None:
-    Image.fromarray(array).save(path, format="PNG", optimize=False)
-
-
 def write_family_dataset(
     out: str | os.PathLike,
     n: int,
@@ -829,15 +825,7 @@ def write_family_dataset(
         n, seed=seed, modality=modality, size=size, prompts_per_target=prompts_per_target
     )
     with atomic_directory(out) as tmp:
-        (tmp / "images").mkdir()
-        (tmp / "masks").mkdir()
-        with open(tmp / "manifest.jsonl", "w", encoding="utf-8") as manifest:
-            for sample in tqdm(samples, total=n, desc="family", unit="img", disable=not progress):
-                _save_png(sample.image, tmp / "images" / f"{sample.id}.png")
-                for t, rec in zip(sample.targets, sample_records(sample), strict=True):
-                    if t.positive:
-                        _save_png(sample.mask(t).astype(np.uint8) * 255, tmp / rec["mask"])
-                    manifest.write(json.dumps(rec, sort_keys=True) + "\n")
+        write_samples(tmp, tqdm(samples, total=n, desc="family", unit="img", disable=not progress))
         meta = {
             "generator": "vlseg.data.heldout_family",
             "family": FAMILY,

@@ -215,6 +215,20 @@ def sample_records(sample: PhantomSample) -> list[dict]:
     return records
 
 
+def write_samples(directory: Path, samples) -> None:
+    """Write samples into ``directory`` in the dataset layout: ``images/``, ``masks/`` (one PNG
+    per positive target) and ``manifest.jsonl`` (one record per target)."""
+    (directory / "images").mkdir()
+    (directory / "masks").mkdir()
+    with open(directory / "manifest.jsonl", "w", encoding="utf-8") as manifest:
+        for sample in samples:
+            _save_png(sample.image, directory / "images" / f"{sample.id}.png")
+            for t, rec in zip(sample.targets, sample_records(sample), strict=True):
+                if t.positive:
+                    _save_png(sample.mask(t).astype(np.uint8) * 255, directory / rec["mask"])
+                manifest.write(json.dumps(rec, sort_keys=True) + "\n")
+
+
 def write_dataset(
     out: str | os.PathLike,
     n: int,
@@ -258,26 +272,19 @@ def write_dataset(
         raise FileExistsError(f"{out} exists; pick another --out or pass --overwrite")
     n_heldout = max(1, n // 10) if n_heldout is None else n_heldout
     _check_appearance(appearance)
+    samples = iter_samples(
+        n,
+        seed=seed,
+        modality=modality,
+        size=size,
+        n_heldout=n_heldout,
+        prompts_per_target=prompts_per_target,
+        workers=workers,
+        progress=progress,
+        appearance=appearance,
+    )
     with atomic_directory(out) as tmp:
-        (tmp / "images").mkdir()
-        (tmp / "masks").mkdir()
-        with open(tmp / "manifest.jsonl", "w", encoding="utf-8") as manifest:
-            for sample in iter_samples(
-                n,
-                seed=seed,
-                modality=modality,
-                size=size,
-                n_heldout=n_heldout,
-                prompts_per_target=prompts_per_target,
-                workers=workers,
-                progress=progress,
-                appearance=appearance,
-            ):
-                _save_png(sample.image, tmp / "images" / f"{sample.id}.png")
-                for t, rec in zip(sample.targets, sample_records(sample), strict=True):
-                    if t.positive:
-                        _save_png(sample.mask(t).astype(np.uint8) * 255, tmp / rec["mask"])
-                    manifest.write(json.dumps(rec, sort_keys=True) + "\n")
+        write_samples(tmp, samples)
         meta = {
             "generator": "vlseg.data.phantoms",
             "n": n,
