@@ -119,3 +119,29 @@ def test_cli_writes_the_heldout_family(tmp_path):
     with pytest.raises(SystemExit, match="own appearance"):
         cli_main(["phantoms", "--family", "heldout", "--out", str(tmp_path / "g"),
                   "--appearance", "randomized"])  # fmt: skip
+
+
+def test_chat_classification_warns_on_an_out_of_domain_image(tmp_path):
+    from vlseg.chat import ChatService, ChatSession
+
+    torch.manual_seed(0)
+    cfg = model_config("tiny-test")
+    seg = Segmenter(
+        build_model(cfg),
+        image_size=cfg.image_size,
+        serving=ServingConfig(labels=["melanoma", "nevus"], ood_threshold=-1.0),
+    )
+    svc = ChatService(seg, workdir=tmp_path)
+    session = ChatSession()
+    path = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.fromarray(_img()).save(path)
+    svc.respond(session, "", [str(path)])
+    assert (
+        "unlike what this model was trained on" not in svc.respond(session, "what is this?").reply
+    )
+    seg.ood = fit_ood(seg.encode([_img(i) for i in range(6)]).pooled)
+    svc.respond(session, "", [str(path)])  # re-encoded: now with an out-of-domain score
+    assert seg.out_of_domain(session.encoded) == [True]
+    assert "unlike what this model was trained on" in svc.respond(session, "what is this?").reply

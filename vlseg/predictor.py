@@ -222,6 +222,15 @@ class Segmenter:
         """The cached image (from :meth:`set_image`), or None."""
         return self._encoded
 
+    def out_of_domain(self, image=None) -> list[bool]:
+        """Whether each image is unlike the model's training images (``serving.ood_threshold``
+        on its out-of-domain score); all False when the model has no out-of-domain fit."""
+        encoded = self._resolve(image)
+        thr = self.serving.ood_threshold
+        if encoded.ood_scores is None or thr is None:
+            return [False] * len(encoded)
+        return [score > thr for score in encoded.ood_scores]
+
     def reset_image(self) -> None:
         self._encoded = None
 

@@ -289,6 +289,12 @@ class ChatService:
         lines.append(
             "_Probabilities are relative to the labels listed; zero-shot, not a diagnosis._"
         )
+        if self.segmenter.out_of_domain(session.encoded)[0]:
+            lines.insert(
+                0,
+                "**Caution:** this image is unlike what this model was trained on, so these "
+                "probabilities are likely meaningless.",
+            )
         return TurnOutput(join_notes(notes, "\n\n".join(lines)), **view)
 
     def _similar(self, session: ChatSession, intent: Intent, notes: list[str], view: dict):
