@@ -166,7 +166,28 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from vlseg.data.io import save_mask_png
     from vlseg.predictor import load
 
+    if (args.data is None) == (args.image is None):
+        raise SystemExit("vlseg predict: give --image IMG --text T, or --data MANIFEST")
     seg = load(args.model, adapter=args.adapter)
+    if args.data is not None:
+        from vlseg.batch import predict_manifest
+
+        res = predict_manifest(
+            seg,
+            args.data,
+            args.out,
+            split=args.split,
+            text=args.text,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+        )
+        print(
+            f"answered {res['records']} records on {res['images']} images "
+            f"({res['skipped']} answered before); results in {args.out}/results-rank*.jsonl"
+        )
+        return 0
+    if not args.text:
+        raise SystemExit("vlseg predict: --image needs --text")
     res = seg.segment(args.image, args.text)
     save_mask_png(res.mask, args.out)
     area = f"{res.area_px} px" + (f" = {res.area_mm2:.1f} mm^2" if res.area_mm2 else "")
@@ -482,9 +503,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="segment one image from a text prompt")
     p.add_argument("--model", default=None, help="name or checkpoint dir (default phantom-tiny)")
     p.add_argument("--adapter", help="a `vlseg tune` adapter dir to apply (e.g. runs/tune/best)")
-    p.add_argument("--image", required=True)
-    p.add_argument("--text", required=True)
-    p.add_argument("--out", required=True, help="mask PNG, written at the image's resolution")
+    p.add_argument("--image", help="one image (with --text)")
+    p.add_argument("--text", help="the prompt; with --data, used for every record")
+    p.add_argument(
+        "--data",
+        help="a manifest: answer every record (its first prompt), batched, resumable; under "
+        "torchrun each rank takes its shard",
+    )
+    p.add_argument("--split", default=None, help="with --data: only this split")
+    p.add_argument("--batch-size", type=int, default=8, help="with --data: images per batch")
+    p.add_argument("--num-workers", type=int, default=0, help="with --data: image loaders")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="mask PNG at the image's resolution; with --data a directory (masks/, results)",
+    )
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("classify", help="zero-shot classification of one image")
