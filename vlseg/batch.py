@@ -116,19 +116,18 @@ def predict_manifest(
     with open(results_path, "a", encoding="utf-8") as fh:
         for batch in tqdm(loader, desc=f"predict (rank {rank})", disable=not progress):
             encoded = seg.encode([loaded for _, loaded in batch])
-            recs, texts, rows = [], [], []
             for row, (path, _) in enumerate(batch):
-                for rec in by_image[path]:
-                    recs.append(rec)
-                    texts.append(text or rec.prompts[0])
-                    rows.append(row)
-                if by_image[path][0].spacing is not None:  # the manifest's overrides the file's
-                    encoded.spacings[row] = by_image[path][0].spacing
-            # one decoder call for every prompt of the batch's images
-            results = seg.postprocess(seg.decode(encoded, texts, rows), encoded)
-            for rec, res in zip(recs, results, strict=True):
-                fh.write(json.dumps(_row(rec, res, out)) + "\n")
-                answered += 1
+                recs = by_image[path]
+                if recs[0].spacing is not None:  # the manifest's spacing overrides the file's
+                    encoded.spacings[row] = recs[0].spacing
+                one = encoded[row]
+                # one decoder call per image: its prompts share the image's features (a call
+                # over all images' prompts at once is slower on CPU: larger working set)
+                texts = [text or r.prompts[0] for r in recs]
+                results = seg.postprocess(seg.decode(one, texts), one)
+                for rec, res in zip(recs, results, strict=True):
+                    fh.write(json.dumps(_row(rec, res, out)) + "\n")
+                    answered += 1
             fh.flush()
     return {"records": answered, "skipped": len(records) - len(todo), "images": len(images)}
 
