@@ -21,8 +21,8 @@ def _seg():
 
 def test_batch_results_equal_segment_and_two_ranks_equal_one(tiny_data, tmp_path):
     seg = _seg()
-    one = predict_manifest(seg, tiny_data, tmp_path / "one", split="test", progress=False)
-    records = read_manifest(tiny_data, "test")
+    one = predict_manifest(seg, tiny_data, tmp_path / "one", split="val", progress=False)
+    records = read_manifest(tiny_data, "val")
     assert one["records"] == len(records) and one["skipped"] == 0
     rows = read_results(tmp_path / "one")
     assert [r["id"] for r in rows] == sorted(r.id for r in records)
@@ -35,8 +35,9 @@ def test_batch_results_equal_segment_and_two_ranks_equal_one(tiny_data, tmp_path
     assert got.shape == mine.mask.shape and (got != mine.mask).mean() <= 0.002
     for rank in (0, 1):  # what torchrun --nproc_per_node 2 runs, one rank after the other
         predict_manifest(
-            seg, tiny_data, tmp_path / "two", split="test", rank=rank, world=2, progress=False
+            seg, tiny_data, tmp_path / "two", split="val", rank=rank, world=2, progress=False
         )
+    assert len({r.image for r in records}) >= 2, "the test needs images for both ranks"
     two = read_results(tmp_path / "two")
     assert len(list((tmp_path / "two").glob("results-rank*.jsonl"))) == 2
     drop = ("score", "ood_score")  # fp32 last bits may differ with another batch make-up
@@ -47,6 +48,18 @@ def test_batch_results_equal_segment_and_two_ranks_equal_one(tiny_data, tmp_path
     assert strip(two) == strip(rows)
     np.testing.assert_allclose([r["score"] for r in two], [r["score"] for r in rows], atol=1e-4)
     assert masks_equal(tmp_path / "one", tmp_path / "two", [r["id"] for r in rows])
+
+
+def test_ranks_started_at_different_times_cover_every_record_once(tiny_data, tmp_path):
+    seg = _seg()
+    records = read_manifest(tiny_data)
+    out = tmp_path / "p"
+    # rank 1 finishes before rank 0 starts (a late or restarted rank): the shards must not
+    # shift with what is already on disk
+    for rank in (1, 0, 1):
+        predict_manifest(seg, tiny_data, out, rank=rank, world=2, progress=False)
+    rows = read_results(out)
+    assert sorted(r["id"] for r in rows) == sorted(r.id for r in records)
 
 
 def test_batch_resumes_after_an_interruption(tiny_data, tmp_path):

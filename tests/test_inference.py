@@ -202,3 +202,43 @@ def test_text_cache_answers_repeated_prompts_without_the_text_tower():
     np.testing.assert_allclose(
         torch.sigmoid(fresh.presence).numpy(), [first[0].score], rtol=1e-5, atol=1e-6
     )
+
+
+def test_text_cache_is_safe_under_concurrent_eviction():
+    import threading
+
+    from vlseg.inference import TextCache
+
+    torch.manual_seed(0)
+    cfg = model_config("tiny-test")
+    model = build_model(cfg).eval()
+    cache = TextCache(size=2)  # every call evicts what another thread is about to use
+    errors = []
+
+    def work(words):
+        try:
+            for i in range(15):
+                feats = cache.features(model, [words[i % 3], words[(i + 1) % 3], words[0]])
+                assert feats.words.shape[0] == 3
+        except Exception as exc:  # collected: a thread's exception would not fail the test
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=work, args=(["the liver", "the spleen", "the aorta"],)),
+        threading.Thread(target=work, args=(["a cyst", "the spine", "both kidneys"],)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(cache) <= 2
+
+
+def test_encoded_image_index_is_checked():
+    torch.manual_seed(0)
+    cfg = model_config("tiny-test")
+    seg = Segmenter(build_model(cfg), image_size=cfg.image_size)
+    enc = seg.encode([_img(seed=1), _img(seed=2)])
+    assert enc[-1].sizes == enc[1].sizes
+    with pytest.raises(IndexError, match="image 2 of an EncodedImage of 2"):
+        enc[2]

@@ -89,7 +89,8 @@ def predict_manifest(
             else 0 / 1).
 
     Returns:
-        {"records": answered now, "skipped": answered before, "images": images encoded}.
+        {"records": answered now, "skipped": this shard's records answered before, "images":
+        images encoded}.
     """
     rank = int(os.environ.get("RANK", "0")) if rank is None else rank
     world = int(os.environ.get("WORLD_SIZE", "1")) if world is None else world
@@ -98,12 +99,20 @@ def predict_manifest(
     out = Path(out)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     records = read_manifest(data, split)
+    # The shard is fixed by the manifest alone, so every rank (and every restart) splits the
+    # same list; what is already answered is dropped within the shard.
+    mine = set(sorted({r.image for r in records})[rank::world])
     done = _done_ids(out)
-    todo = [r for r in records if r.id not in done]
     by_image: dict[Path, list[Record]] = {}
-    for r in todo:
+    skipped = 0
+    for r in records:
+        if r.image not in mine:
+            continue
+        if r.id in done:
+            skipped += 1
+            continue
         by_image.setdefault(r.image, []).append(r)
-    images = sorted(by_image)[rank::world]
+    images = sorted(by_image)
     loader = DataLoader(
         _Images(seg, images),
         batch_size=batch_size,
@@ -129,7 +138,7 @@ def predict_manifest(
                     fh.write(json.dumps(_row(rec, res, out)) + "\n")
                     answered += 1
             fh.flush()
-    return {"records": answered, "skipped": len(records) - len(todo), "images": len(images)}
+    return {"records": answered, "skipped": skipped, "images": len(images)}
 
 
 def _row(rec: Record, res, out: Path) -> dict:

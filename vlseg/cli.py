@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -168,7 +169,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     if (args.data is None) == (args.image is None):
         raise SystemExit("vlseg predict: give --image IMG --text T, or --data MANIFEST")
-    seg = load(args.model, adapter=args.adapter)
+    device = None
+    if "LOCAL_RANK" in os.environ:  # under torchrun: one GPU per rank when there are GPUs
+        import torch
+
+        if torch.cuda.is_available():
+            device = f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
+    seg = load(args.model, adapter=args.adapter, device=device)
     if args.data is not None:
         from vlseg.batch import predict_manifest
 

@@ -51,6 +51,9 @@ class EncodedImage:
 
     def __getitem__(self, i: int) -> EncodedImage:
         """Image ``i`` alone (its features stay on the same device; no copy of the maps)."""
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"image {i} of an EncodedImage of {len(self)}")
+        i = i % len(self)
         index = torch.tensor([i], device=self.features.embedding.device)
         images = None if self.images is None else [self.images[i]]
         ood = None if self.ood_scores is None else [self.ood_scores[i]]
@@ -97,8 +100,9 @@ class SegmentationResult:
 
     Attributes:
         text: the prompt.
-        mask: H x W bool at the input image's resolution (empty unless ``verdict`` is
-            "present").
+        mask: H x W bool at the input image's resolution: the answer when ``verdict`` is
+            "present", the tentative one for "unsure" (empty when the score is below the
+            threshold), empty for "absent" and "out-of-domain".
         probs: H x W float32 per-pixel foreground probability in [0, 1].
         score: calibrated presence probability in [0, 1] (is the described thing in the image
             at all).
@@ -213,24 +217,29 @@ class TextCache:
     def features(self, model, texts: Sequence[str]) -> TextFeatures:
         """TextFeatures of ``texts`` (B x T x D words, B x T mask, B x E embedding)."""
         with self._lock:
-            missing = [t for t in dict.fromkeys(texts) if t not in self._rows]
-            self.hits += len(texts) - len(missing)
+            # copy out the hits now: another thread may evict them before this one is done
+            known = {t: self._rows[t] for t in dict.fromkeys(texts) if t in self._rows}
+            for t in known:
+                self._rows.move_to_end(t)
+            missing = [t for t in dict.fromkeys(texts) if t not in known]
+            self.hits += len(texts) - sum(texts.count(t) for t in missing)
             self.misses += len(missing)
         if missing:
             out = encode_texts(model, missing)
-            fresh = {}
             for i, t in enumerate(missing):
                 n = int(out.mask[i].nonzero().max()) + 1  # through the last real token
-                fresh[t] = (out.words[i, :n], out.mask[i, :n], out.embedding[i])
-        with self._lock:
-            if missing:
-                self._rows.update(fresh)
-            rows = []
-            for t in texts:
-                rows.append(self._rows[t])
-                self._rows.move_to_end(t)
-            while len(self._rows) > self.size:
-                self._rows.popitem(last=False)
+                # clones: a view would keep the whole padded batch alive in the cache
+                known[t] = (
+                    out.words[i, :n].clone(),
+                    out.mask[i, :n].clone(),
+                    out.embedding[i].clone(),
+                )
+            with self._lock:
+                for t in missing:
+                    self._rows[t] = known[t]
+                while len(self._rows) > self.size:
+                    self._rows.popitem(last=False)
+        rows = [known[t] for t in texts]
         length = max(r[0].shape[0] for r in rows)
         words = rows[0][0].new_zeros(len(rows), length, rows[0][0].shape[-1])
         mask = rows[0][1].new_zeros(len(rows), length)

@@ -211,11 +211,14 @@ class Segmenter:
     def set_image(self, image) -> Segmenter:
         """Encode and cache one image (path, PIL image, numpy array, LoadedImage or an
         ``EncodedImage`` of one image)."""
-        encoded = self.encode(image)
+        self._cache(self.encode(image))
+        return self
+
+    def _cache(self, encoded: EncodedImage) -> EncodedImage:
         if len(encoded) != 1:
             raise ValueError(f"set_image takes one image, got {len(encoded)}")
         self._encoded = encoded
-        return self
+        return encoded
 
     @property
     def encoded(self) -> EncodedImage | None:
@@ -254,8 +257,7 @@ class Segmenter:
             isinstance(image, EncodedImage) and len(image) > 1
         )
         if image is not None and not many and not isinstance(image, EncodedImage):
-            self.set_image(image)
-            image = None
+            image = self._cache(self.encode(image))
         emb = self._resolve(image).embedding
         return emb if many else emb[0]
 
@@ -363,8 +365,8 @@ class Segmenter:
             isinstance(image, EncodedImage) and len(image) > 1
         )
         if image is not None and not many and not isinstance(image, EncodedImage):
-            self.set_image(image)
-            image = None
+            image = self._cache(self.encode(image))  # this call's own image, even if another
+            # thread sets another one meanwhile
         encoded = self._resolve(image)
         n = len(encoded)
         rows = [i for i in range(n) for _ in texts]
@@ -423,15 +425,22 @@ def load(
     vocabulary = parse(meta.get("vocabulary"))  # None (unknown) when the checkpoint has none
     if vocabulary is not None and adapter is not None:
         vocabulary |= parse(meta["adapter"].get("vocabulary")) or frozenset()
+    serving, ood = serving_of(meta), None
+    if adapter is None:
+        ood = OODDetector.load(meta["checkpoint_dir"]) if "checkpoint_dir" in meta else None
+    else:
+        # An adapter changes the features and scores that the base's calibration and
+        # out-of-domain fit describe: serve it uncalibrated and unchecked.
+        serving = dataclasses.replace(serving, calibration=None, ood_threshold=None)
     seg = Segmenter(
         model,
         image_size=cfg.image_size,
-        serving=serving_of(meta),
+        serving=serving,
         threshold=threshold,
         device=device,
         name=name,
         vocabulary=vocabulary,
-        ood=OODDetector.load(meta["checkpoint_dir"]) if "checkpoint_dir" in meta else None,
+        ood=ood,
     )
     seg.source = {"model": _where(name_or_path), "adapter": _where(adapter)}
     return seg

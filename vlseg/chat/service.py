@@ -238,7 +238,7 @@ class ChatService:
         overlay_path = render.write_png(overlay, turn / "overlay.png")
         lines = [describe(r) for r in results]
         body = lines[0] if len(lines) == 1 else "\n".join(f"- {line}" for line in lines)
-        found = any(r.present for r in results)
+        found = any(r.area_px for r in results)
         if found and session.effective_spacing is None and not session.spacing_hint_given:
             session.spacing_hint_given = True
             body += (
