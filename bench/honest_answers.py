@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -112,7 +111,7 @@ def main(argv=None) -> int:
         "data": str(args.data),
         "split": args.split,
         "cpu": platform.processor() or platform.machine(),
-        "serving": replace(seg.serving).to_dict(),
+        "serving": seg.serving.to_dict(),
         "presence": pres,
         "ood": ood_report(seg, ds, args.ood_per_kind, 256, args.ood_seed),
     }

@@ -9,78 +9,44 @@ from collections.abc import Sequence
 
 
 def _cmd_phantoms(args: argparse.Namespace) -> int:
-    from vlseg.data.phantoms import generate_sample, write_dataset
+    from functools import partial
+
     from vlseg.data.phantoms.sheet import contact_sheet
 
     if args.out is None and args.preview is None:
         raise SystemExit("vlseg phantoms: give --out DIR (a dataset) and/or --preview SHEET.png")
-    if args.family == "heldout":
-        return _family_phantoms(args)
-    if args.out is not None:
-        out = write_dataset(
-            args.out,
-            args.n,
-            seed=args.seed,
-            modality=args.modality,
-            size=args.size,
-            n_heldout=args.heldout,
-            prompts_per_target=args.prompts,
-            workers=args.workers,
-            overwrite=args.overwrite,
-            progress=not args.quiet,
-            appearance=args.appearance,
-        )
-        print(f"wrote {out / 'manifest.jsonl'}")
-    if args.preview is not None:
-        k = min(args.n, args.preview_count)
-        mods = ["ct", "dermoscopy"] if args.modality == "all" else [args.modality]
-        samples = [
-            generate_sample(
-                seed=args.seed,
-                index=i,
-                modality=mods[i % len(mods)],
-                size=args.size,
-                prompts_per_target=args.prompts,
-                appearance=args.appearance,
+    common = {"size": args.size, "prompts_per_target": args.prompts}
+    if args.family == "heldout":  # evaluation only: splits val and test
+        from vlseg.data.heldout_family import generate_family_sample, write_family_dataset
+
+        if args.appearance != "classic" or args.heldout:
+            raise SystemExit(
+                "vlseg phantoms: --family heldout has its own appearance and no test_heldout "
+                "split; drop --appearance/--heldout"
             )
-            for i in range(k)
-        ]
-        print(f"wrote {contact_sheet(samples, args.preview)}")
-    return 0
+        generate, write = generate_family_sample, write_family_dataset
+    else:
+        from vlseg.data.phantoms import generate_sample, write_dataset
 
-
-def _family_phantoms(args: argparse.Namespace) -> int:
-    """The held-out renderer family (evaluation only: splits val and test)."""
-    from vlseg.data.heldout_family import generate_family_sample, write_family_dataset
-    from vlseg.data.phantoms.sheet import contact_sheet
-
-    if args.appearance != "classic" or args.heldout:
-        raise SystemExit(
-            "vlseg phantoms: --family heldout has its own appearance and no test_heldout split; "
-            "drop --appearance/--heldout"
+        generate = partial(generate_sample, appearance=args.appearance)
+        write = partial(
+            write_dataset, n_heldout=args.heldout, workers=args.workers, appearance=args.appearance
         )
     if args.out is not None:
-        out = write_family_dataset(
+        out = write(
             args.out,
             args.n,
             seed=args.seed,
-            size=args.size,
             modality=args.modality,
-            prompts_per_target=args.prompts,
             overwrite=args.overwrite,
             progress=not args.quiet,
+            **common,
         )
         print(f"wrote {out}/manifest.jsonl")
     if args.preview is not None:
         mods = ["ct", "dermoscopy"] if args.modality == "all" else [args.modality]
         samples = [
-            generate_family_sample(
-                seed=args.seed,
-                index=i,
-                modality=mods[i % len(mods)],
-                size=args.size,
-                prompts_per_target=args.prompts,
-            )
+            generate(seed=args.seed, index=i, modality=mods[i % len(mods)], **common)
             for i in range(min(args.n, args.preview_count))
         ]
         print(f"wrote {contact_sheet(samples, args.preview)}")

@@ -13,18 +13,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .data.manifest import ManifestDataset, collate
+from .data.manifest import ManifestDataset, collate, load_record_target
 from .inference import decode, encode, postprocess
 from .metrics import SegmentationMeter, binary_auroc
 from .serving import ServingConfig
-
-
-def _target(ds: ManifestDataset, index: int, size: tuple[int, int]) -> np.ndarray:
-    """The record's mask at its original resolution (its slice for a volume); all-False for a
-    negative record."""
-    from .data.manifest import load_record_target
-
-    return load_record_target(ds.record_for(index), size=size)
 
 
 @torch.no_grad()
@@ -83,7 +75,8 @@ def evaluate(
         )
         for j, res in enumerate(results):
             if original_resolution:
-                target = _target(ds, batch["index"][j], sizes[j])
+                # the mask at the file's resolution (its slice for a volume)
+                target = load_record_target(ds.record_for(batch["index"][j]), size=sizes[j])
             else:
                 target = batch["mask"][j, 0].numpy() > 0.5
             positive = bool(batch["positive"][j] > 0.5)

@@ -228,7 +228,7 @@ class Segmenter:
     def out_of_domain(self, image=None) -> list[bool]:
         """Whether each image is unlike the model's training images (``serving.ood_threshold``
         on its out-of-domain score); all False when the model has no out-of-domain fit."""
-        encoded = self._resolve(image)
+        encoded, _ = self._resolve(image, cache=False)
         thr = self.serving.ood_threshold
         if encoded.ood_scores is None or thr is None:
             return [False] * len(encoded)
@@ -241,25 +241,28 @@ class Segmenter:
     def has_image(self) -> bool:
         return self._encoded is not None
 
-    def _resolve(self, image) -> EncodedImage:
-        """An EncodedImage for ``image``; None means the cached one."""
+    def _resolve(self, image, *, cache: bool = True) -> tuple[EncodedImage, bool]:
+        """(EncodedImage, whether several images were given) for ``image``: None is the cached
+        image; one raw image is encoded (and, with ``cache``, cached as by ``set_image``); a
+        list is encoded without caching; an EncodedImage is used as it is."""
         if image is None:
             if self._encoded is None:
                 raise RuntimeError("no image: pass image=... or call set_image(image) first")
-            return self._encoded
-        return self.encode(image)
+            return self._encoded, False
+        if isinstance(image, EncodedImage):
+            return image, len(image) > 1
+        if isinstance(image, (list, tuple)):
+            return self.encode(image), True
+        # this call's own encoding, even if another thread caches another image meanwhile
+        encoded = self.encode(image)
+        return (self._cache(encoded) if cache else encoded), False
 
     @torch.no_grad()
     def image_embedding(self, image=None) -> np.ndarray:
         """L2-normalised CLIP image embedding(s): E for one image, N x E for a list; None uses
         the cached image (no encoder run)."""
-        many = isinstance(image, (list, tuple)) or (
-            isinstance(image, EncodedImage) and len(image) > 1
-        )
-        if image is not None and not many and not isinstance(image, EncodedImage):
-            image = self._cache(self.encode(image))
-        emb = self._resolve(image).embedding
-        return emb if many else emb[0]
+        encoded, many = self._resolve(image)
+        return encoded.embedding if many else encoded.embedding[0]
 
     # -- text -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -316,11 +319,9 @@ class Segmenter:
         labels = [str(lab).strip() for lab in labels]
         if not all(labels):
             raise ValueError("labels must be non-empty strings")
-        many = isinstance(image, (list, tuple)) or (
-            isinstance(image, EncodedImage) and len(image) > 1
-        )
         classes = self.class_embeddings(labels, templates)
-        out = zero_shot(self.image_embedding(image), classes, labels)
+        encoded, many = self._resolve(image)
+        out = zero_shot(encoded.embedding, classes, labels)
         return out if many else out[0]
 
     # -- segmentation -----------------------------------------------------------------------
@@ -361,13 +362,7 @@ class Segmenter:
             a list of those for several images.
         """
         texts, single_text = _check_texts(text)
-        many = isinstance(image, (list, tuple)) or (
-            isinstance(image, EncodedImage) and len(image) > 1
-        )
-        if image is not None and not many and not isinstance(image, EncodedImage):
-            image = self._cache(self.encode(image))  # this call's own image, even if another
-            # thread sets another one meanwhile
-        encoded = self._resolve(image)
+        encoded, many = self._resolve(image)
         n = len(encoded)
         rows = [i for i in range(n) for _ in texts]
         decoded = self.decode(encoded, texts * n, rows)
