@@ -15,6 +15,10 @@ def _cmd_phantoms(args: argparse.Namespace) -> int:
 
     if args.out is None and args.preview is None:
         raise SystemExit("vlseg phantoms: give --out DIR (a dataset) and/or --preview SHEET.png")
+    if args.volumes:
+        return _phantom_volumes(args)
+    if args.dicom or args.slices is not None:
+        raise SystemExit("vlseg phantoms: --slices and --dicom describe 3-D volumes; add --volumes")
     common = {"size": args.size, "prompts_per_target": args.prompts}
     if args.family == "heldout":  # evaluation only: splits val and test
         from vlseg.data.heldout_family import generate_family_sample, write_family_dataset
@@ -47,6 +51,47 @@ def _cmd_phantoms(args: argparse.Namespace) -> int:
         mods = ["ct", "dermoscopy"] if args.modality == "all" else [args.modality]
         samples = [
             generate(seed=args.seed, index=i, modality=mods[i % len(mods)], **common)
+            for i in range(min(args.n, args.preview_count))
+        ]
+        print(f"wrote {contact_sheet(samples, args.preview)}")
+    return 0
+
+
+def _phantom_volumes(args: argparse.Namespace) -> int:
+    """``vlseg phantoms --volumes``: 3-D CT phantoms (NIfTI volumes and masks, optional DICOM)."""
+    from vlseg.data.phantoms.sheet import contact_sheet
+    from vlseg.data.phantoms.volume import render_ct_volume, write_volume_dataset
+
+    if args.modality == "dermoscopy":
+        raise SystemExit(
+            "vlseg phantoms: --volumes renders CT volumes only; drop --modality dermoscopy"
+        )
+    if args.family != "training" or args.appearance != "classic":
+        raise SystemExit(
+            "vlseg phantoms: --volumes has the classic appearance of the training family only; "
+            "drop --family/--appearance"
+        )
+    n_slices = 32 if args.slices is None else args.slices
+    if args.out is not None:
+        out = write_volume_dataset(
+            args.out,
+            args.n,
+            args.seed,
+            n_slices=n_slices,
+            size=args.size,
+            prompts=args.prompts,
+            heldout=args.heldout or 0,
+            overwrite=args.overwrite,
+            quiet=args.quiet,
+            dicom=args.dicom,
+            workers=args.workers,
+        )
+        print(f"wrote {out}/manifest.jsonl")
+    if args.preview is not None:
+        samples = [
+            render_ct_volume(
+                args.seed, i, n_slices=n_slices, size=args.size, prompts_per_target=args.prompts
+            ).slice_sample(n_slices // 2, prompts_per_target=args.prompts)
             for i in range(min(args.n, args.preview_count))
         ]
         print(f"wrote {contact_sheet(samples, args.preview)}")
@@ -86,8 +131,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from vlseg.data.io import write_json
-    from vlseg.data.manifest import ManifestDataset
-    from vlseg.evaluation import evaluate
+    from vlseg.data.manifest import ManifestDataset, read_manifest
+    from vlseg.evaluation import evaluate, evaluate_volumes, is_volume_record
     from vlseg.predictor import load
     from vlseg.vocabulary import unfamiliar
 
@@ -95,6 +140,26 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     vis = seg.model.vision
     results = {}
     for split in args.split:
+        records = read_manifest(args.data, split)
+        volumes = [is_volume_record(r) for r in records]
+        if any(volumes):
+            if not all(volumes):
+                raise SystemExit(
+                    f"vlseg eval: split {split!r} mixes volume and 2-D records; score them as "
+                    "separate splits or manifests"
+                )
+            r = results[split] = evaluate_volumes(seg, records, limit=args.limit, progress=True)
+            print(
+                f"{split} (volumes): 3-D dice {r['dice']:.4f}  HD95 {r['hd95_mm']:.2f} mm  "
+                f"volume error {100 * r['volume_error']:.1f}%  longest diameter error "
+                f"{r['diameter_error_mm']:.2f} mm  presence AUROC "
+                f"{r.get('presence_auroc', float('nan')):.4f}  present on negatives "
+                f"{100 * r['present_on_negatives']:.1f}%  (n={int(r['n'])} positive / "
+                f"{int(r['n_all'])})"
+            )
+            for key in sorted(k for k in r if k.startswith("dice/")):
+                print(f"  {key[5:]}: dice {r[key]:.4f}")
+            continue
         ds = ManifestDataset(
             args.data, split, image_size=seg.image_size, mean=vis.mean, std=vis.std, prompt="all"
         )
@@ -161,6 +226,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         return 0
     if not args.text:
         raise SystemExit("vlseg predict: --image needs --text")
+    from vlseg.predictor import is_volume
+
+    if is_volume(args.image):
+        return _predict_volume(seg, args)
     res = seg.segment(args.image, args.text)
     save_mask_png(res.mask, args.out)
     area = f"{res.area_px} px" + (f" = {res.area_mm2:.1f} mm^2" if res.area_mm2 else "")
@@ -175,6 +244,41 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         print(
             f"note: the model was not trained on {', '.join(map(repr, res.unfamiliar))}; the "
             "answer may not reflect it; if it looks wrong, rephrase with common terms",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _predict_volume(seg, args: argparse.Namespace) -> int:
+    """``vlseg predict --image VOLUME --text T --out mask.nii.gz``: a 3-D answer."""
+    from tqdm import tqdm
+
+    from vlseg.data.volume_io import write_mask_nifti
+
+    if not str(args.out).lower().endswith((".nii", ".nii.gz")):
+        raise SystemExit(
+            f"vlseg predict: {args.image} is a volume, so the mask is a volume too; give --out "
+            "a .nii.gz path, e.g. --out mask.nii.gz"
+        )
+    with tqdm(desc="encoding slices", unit="slice", disable=args.quiet) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        encoded = seg.encode_volume(args.image, progress=progress)
+    res = seg.segment(encoded, args.text)
+    write_mask_nifti(args.out, res.mask, encoded.volume)
+    print(f"{res.summary()}; mask written to {args.out}")
+    for i, ((long, short), k) in enumerate(
+        zip(res.diameters_mm, res.diameter_slices, strict=True), 1
+    ):
+        vol = res.component_volumes_ml[i - 1]
+        unit, vunit = ("mm", "mL") if res.spacing else ("px", "voxels")
+        print(f"  finding {i}: {vol:.2f} {vunit}, {long:.1f} x {short:.1f} {unit} on slice {k}")
+    if res.unfamiliar:
+        print(
+            f"note: the model was not trained on {', '.join(map(repr, res.unfamiliar))}",
             file=sys.stderr,
         )
     return 0
@@ -430,6 +534,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="the training generator, or the separately written held-out renderer family "
         "(for evaluation only; docs/heldout_family.md)",
     )
+    p.add_argument(
+        "--volumes",
+        action="store_true",
+        help="3-D CT volumes instead of 2-D slices: volumes/*.nii.gz (int16 HU), "
+        "masks/<volume>/<target>.nii.gz and manifest.jsonl (CT only; --heldout default 0)",
+    )
+    p.add_argument(
+        "--slices", type=int, default=None, help="with --volumes: slices per volume (default 32)"
+    )
+    p.add_argument(
+        "--dicom",
+        action="store_true",
+        help="with --volumes: also write each volume as a DICOM CT series under dicom/<volume>/ "
+        "(file names shuffled; sort by ImagePositionPatient)",
+    )
     p.add_argument("--workers", type=int, default=1, help="parallel rendering processes")
     p.add_argument("--preview", help="write a contact sheet PNG of the first samples")
     p.add_argument("--preview-count", type=int, default=12)
@@ -476,7 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="segment one image from a text prompt")
     p.add_argument("--model", default=None, help="name or checkpoint dir (default phantom-tiny)")
     p.add_argument("--adapter", help="a `vlseg tune` adapter dir to apply (e.g. runs/tune/best)")
-    p.add_argument("--image", help="one image (with --text)")
+    p.add_argument("--image", help="one image or volume (with --text)")
     p.add_argument("--text", help="the prompt; with --data, used for every record")
     p.add_argument(
         "--data",
@@ -489,8 +608,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out",
         required=True,
-        help="mask PNG at the image's resolution; with --data a directory (masks/, results)",
+        help="mask PNG at the image's resolution; for a volume (3-D NIfTI, DICOM series folder "
+        "or .zip) a .nii.gz with the input's shape and affine; with --data a directory",
     )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("classify", help="zero-shot classification of one image")

@@ -96,3 +96,136 @@ def evaluate(
     )
     out["n_all"] = n
     return {k: float(v) for k, v in out.items()}
+
+
+def is_volume_record(record) -> bool:
+    """A manifest record that points at a volume (``"volume": true``, or a 3-D NIfTI, a DICOM
+    series directory or a ``.zip``) and has no ``slice`` picking one 2-D slice of it."""
+    from .data.volume_io import is_volume_source
+
+    if record.slice_index is not None:
+        return False
+    flag = record.extra.get("volume")
+    if flag is not None:
+        return bool(flag)
+    return is_volume_source(record.image)
+
+
+@torch.no_grad()
+def evaluate_volumes(
+    seg,
+    records,
+    *,
+    limit: int | None = None,
+    all_prompts: bool = True,
+    progress: bool = False,
+    on_item: Callable[..., None] | None = None,
+) -> dict[str, float]:
+    """3-D referring segmentation metrics over volume records, through ``Segmenter.segment``.
+
+    Each volume is encoded once; every prompt of every record on it only runs the decoder.
+    Per positive expression: 3-D Dice, HD95 in mm, the volume's relative error and, for
+    lesion targets, the error of the largest finding's longest axial diameter (RECIST). Per
+    negative expression: whether a finding was claimed. Ground truth is measured by the same
+    code as predictions (:func:`vlseg.volume.measure_components`).
+
+    Args:
+        seg: a ``Segmenter``.
+        records: manifest records pointing at volumes (:func:`is_volume_record`).
+        limit: score at most this many records (evenly spaced).
+        all_prompts: every expression of a record (else its first).
+        on_item: called as ``on_item(record, text, result, row)`` with the per-expression
+            metrics ``row`` (a dict).
+
+    Returns:
+        ``dice`` (mean 3-D Dice over positive expressions), ``hd95_mm`` (mean), ``volume_error``
+        (median |relative volume error|), ``diameter_error_mm`` (median |longest-diameter
+        error| over lesion targets), ``presence_auroc``, ``present_on_negatives`` (fraction of
+        negative expressions answered present), counts, and ``dice/<target>`` per target.
+    """
+    from .data.volume_io import read_volume
+    from .metrics import dice as dice_fn
+    from .metrics import hd95 as hd95_fn
+    from .volume import measure_components, remove_specks
+
+    records = list(records)
+    if limit is not None and limit < len(records):
+        keep = np.linspace(0, len(records) - 1, limit).round().astype(int)
+        records = [records[i] for i in keep]
+    by_image: dict[str, list] = {}
+    for r in records:
+        by_image.setdefault(str(r.image), []).append(r)
+    rows, scores, labels = [], [], []
+    bar = tqdm(total=len(records), disable=not progress, desc="eval volumes")
+    for image, recs in by_image.items():
+        encoded = seg.encode_volume(image)
+        volume = encoded.volume
+        for rec in recs:
+            target = None
+            if rec.mask is not None:
+                # the mask file read like the image: slices in display orientation
+                target = read_volume(rec.mask).values > 0.5
+                if target.shape != volume.values.shape:
+                    raise ValueError(
+                        f"{rec.where()}: mask {rec.mask} has {target.shape[0]} slices of "
+                        f"{target.shape[1:]} where the volume has {volume.values.shape[0]} of "
+                        f"{volume.values.shape[1:]}; masks must be on the volume's voxel grid"
+                    )
+            positive = bool(rec.positive) and target is not None and bool(target.any())
+            for text in rec.prompts if all_prompts else rec.prompts[:1]:
+                res = seg.segment(encoded, text)
+                pred = volume.from_stored(res.mask)
+                row = {"target": rec.target or "", "positive": positive, "score": res.score}
+                row["present"] = res.present
+                if positive:
+                    row["dice"] = dice_fn(pred, target)
+                    sp = volume.spacing
+                    row["hd95_mm"] = hd95_fn(pred, target, sp) if pred.any() else float("nan")
+                    gt_vox = int(target.sum())
+                    row["volume_error"] = (int(pred.sum()) - gt_vox) / gt_vox
+                    if "lesion" in (rec.target or ""):
+                        _, glabels, gn = remove_specks(target, 1)
+                        gt_d = measure_components(glabels, gn, sp, max_measured=1)[1]
+                        if gt_d and res.diameters_mm:
+                            row["diameter_error_mm"] = res.diameters_mm[0][0] - gt_d[0][0]
+                rows.append(row)
+                scores.append(res.score)
+                labels.append(positive)
+                if on_item is not None:
+                    on_item(rec, text, res, row)
+            bar.update(1)
+    bar.close()
+    return summarize_volume_rows(rows, scores, labels)
+
+
+def summarize_volume_rows(rows, scores, labels) -> dict[str, float]:
+    """Aggregate :func:`evaluate_volumes`' per-expression rows."""
+    pos = [r for r in rows if r["positive"]]
+    neg = [r for r in rows if not r["positive"]]
+
+    def finite(key, rs):
+        return np.array([r[key] for r in rs if key in r and np.isfinite(r[key])], dtype=float)
+
+    out: dict[str, float] = {
+        "n": float(len(pos)),
+        "n_all": float(len(rows)),
+        "dice": float(np.mean(finite("dice", pos))) if pos else float("nan"),
+        "hd95_mm": float(np.mean(finite("hd95_mm", pos))) if pos else float("nan"),
+        "volume_error": float(np.median(np.abs(finite("volume_error", pos))))
+        if pos
+        else float("nan"),
+    }
+    diam = finite("diameter_error_mm", pos)
+    out["diameter_error_mm"] = float(np.median(np.abs(diam))) if diam.size else float("nan")
+    out["n_diameters"] = float(diam.size)
+    out["present_on_negatives"] = (
+        float(np.mean([r["present"] for r in neg])) if neg else float("nan")
+    )
+    if any(labels) and not all(labels):
+        out["presence_auroc"] = float(binary_auroc(np.array(scores), np.array(labels)))
+    for t in sorted({r["target"] for r in pos}):
+        out[f"dice/{t}"] = float(np.mean(finite("dice", [r for r in pos if r["target"] == t])))
+        lesion = [r for r in pos if r["target"] == t]
+        vol = finite("volume_error", lesion)
+        out[f"volume_error/{t}"] = float(np.median(np.abs(vol)))
+    return out

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from .data.io import LoadedImage, load_image
 from .data.medical_io import is_dicom, is_nifti
 from .data.transforms import image_to_tensor, normalize, resize_image
+from .data.volume_io import Volume, is_volume_source, read_volume
 from .inference import (
     ClassificationResult,
     Decoded,
@@ -37,12 +38,14 @@ from .modeling.vlseg import VLSegModel
 from .ood import OODDetector
 from .serving import ServingConfig, serving_of
 from .vocabulary import parse
+from .volume import EncodedVolume, VolumeResult, encode_volume, segment_volume
 
 __all__ = [
     "ClassificationResult",
     "EncodedImage",
     "SegmentationResult",
     "Segmenter",
+    "VolumeResult",
     "load",
     "ovr_log_odds",
 ]
@@ -182,20 +185,60 @@ class Segmenter:
         ]
         return torch.stack(batch).to(self.device).contiguous(memory_format=self.memory_format)
 
+    def load_volume(self, volume, *, spacing=None) -> Volume:
+        """Read a volume: a NIfTI path, a DICOM series directory or ``.zip``, a 3-D numpy array
+        (S x H x W, slice 0 first, each slice in display orientation) with ``spacing``
+        (slice_mm, row_mm, col_mm), or a ``Volume`` (returned as is)."""
+        if isinstance(volume, Volume):
+            return volume
+        return read_volume(volume, spacing=spacing)
+
     @torch.no_grad()
-    def encode(self, image, **load_kwargs) -> EncodedImage:
+    def encode_volume(
+        self, volume, *, spacing=None, batch_size: int = 32, progress=None
+    ) -> EncodedVolume:
+        """Run the image encoder once on every slice of a volume (``batch_size`` slices at a
+        time); the cache is not touched. ``progress(done, total)`` is called after each batch.
+
+        The model's CT window (``serving.window``) applies to Hounsfield-unit volumes; other
+        volumes are scaled by one min-max over the whole volume.
+        """
+        if isinstance(volume, EncodedVolume):
+            return volume
+        vol = self.load_volume(volume, spacing=spacing)
+        self.encoder_calls += 1
+        with self._serialised():
+            return encode_volume(
+                self.model,
+                vol,
+                image_size=self.image_size,
+                window=self.serving.window,
+                batch_size=batch_size,
+                device=self.device,
+                memory_format=self.memory_format,
+                ood=self.ood,
+                progress=progress,
+            )
+
+    @torch.no_grad()
+    def encode(self, image, **load_kwargs) -> EncodedImage | EncodedVolume:
         """Run the image encoder on one image or a list of them; the cache is not touched.
 
         Args:
-            image: path, PIL image, numpy array or ``LoadedImage``, or a list of them.
-            load_kwargs: passed to :meth:`load_image` (e.g. ``max_pixels``).
+            image: path, PIL image, numpy array or ``LoadedImage``, or a list of them; or a
+                volume (a 3-D NIfTI, a DICOM series directory or ``.zip``, a 3-D array, a
+                ``Volume``), which gives an ``EncodedVolume`` (see :meth:`encode_volume`).
+            load_kwargs: passed to :meth:`load_image` (e.g. ``max_pixels``), or for a volume
+                to :meth:`encode_volume` (``spacing``, ``batch_size``, ``progress``).
 
         Returns:
-            An ``EncodedImage`` (one row per image) to pass to :meth:`segment`,
-            :meth:`classify` or :meth:`image_embedding` any number of times.
+            An ``EncodedImage`` (one row per image) or ``EncodedVolume`` to pass to
+            :meth:`segment`, :meth:`classify` or :meth:`image_embedding` any number of times.
         """
-        if isinstance(image, EncodedImage):
+        if isinstance(image, (EncodedImage, EncodedVolume)):
             return image
+        if is_volume(image, load_kwargs.get("spacing")):
+            return self.encode_volume(image, **load_kwargs)
         many = isinstance(image, (list, tuple))
         loaded = [self.load_image(im, **load_kwargs) for im in (image if many else [image])]
         self.encoder_calls += 1
@@ -208,20 +251,22 @@ class Segmenter:
             encoded.ood_scores = [float(v) for v in self.ood.score(encoded.pooled)]
         return encoded
 
-    def set_image(self, image) -> Segmenter:
+    def set_image(self, image, **kwargs) -> Segmenter:
         """Encode and cache one image (path, PIL image, numpy array, LoadedImage or an
-        ``EncodedImage`` of one image)."""
-        self._cache(self.encode(image))
+        ``EncodedImage`` of one image) or one volume (3-D NIfTI, DICOM series directory or
+        ``.zip``, 3-D array with ``spacing=(slice_mm, row_mm, col_mm)``, ``Volume``); later
+        prompts only run the decoder. ``kwargs`` go to :meth:`encode`."""
+        self._cache(self.encode(image, **kwargs))
         return self
 
-    def _cache(self, encoded: EncodedImage) -> EncodedImage:
-        if len(encoded) != 1:
+    def _cache(self, encoded):
+        if isinstance(encoded, EncodedImage) and len(encoded) != 1:
             raise ValueError(f"set_image takes one image, got {len(encoded)}")
         self._encoded = encoded
         return encoded
 
     @property
-    def encoded(self) -> EncodedImage | None:
+    def encoded(self) -> EncodedImage | EncodedVolume | None:
         """The cached image (from :meth:`set_image`), or None."""
         return self._encoded
 
@@ -230,6 +275,8 @@ class Segmenter:
         on its out-of-domain score); all False when the model has no out-of-domain fit."""
         encoded, _ = self._resolve(image, cache=False)
         thr = self.serving.ood_threshold
+        if isinstance(encoded, EncodedVolume):
+            return [encoded.ood_score is not None and thr is not None and encoded.ood_score > thr]
         if encoded.ood_scores is None or thr is None:
             return [False] * len(encoded)
         return [score > thr for score in encoded.ood_scores]
@@ -241,27 +288,33 @@ class Segmenter:
     def has_image(self) -> bool:
         return self._encoded is not None
 
-    def _resolve(self, image, *, cache: bool = True) -> tuple[EncodedImage, bool]:
-        """(EncodedImage, whether several images were given) for ``image``: None is the cached
-        image; one raw image is encoded (and, with ``cache``, cached as by ``set_image``); a
-        list is encoded without caching; an EncodedImage is used as it is."""
+    def _resolve(self, image, *, cache: bool = True, spacing=None):
+        """(EncodedImage or EncodedVolume, whether several images were given) for ``image``:
+        None is the cached image; one raw image or volume is encoded (and, with ``cache``,
+        cached as by ``set_image``); a list is encoded without caching; an EncodedImage or
+        EncodedVolume is used as it is."""
         if image is None:
             if self._encoded is None:
                 raise RuntimeError("no image: pass image=... or call set_image(image) first")
             return self._encoded, False
+        if isinstance(image, EncodedVolume):
+            return image, False
         if isinstance(image, EncodedImage):
             return image, len(image) > 1
         if isinstance(image, (list, tuple)):
             return self.encode(image), True
         # this call's own encoding, even if another thread caches another image meanwhile
-        encoded = self.encode(image)
+        if is_volume(image, spacing):
+            encoded = self.encode_volume(image, spacing=spacing)
+        else:
+            encoded = self.encode(image)
         return (self._cache(encoded) if cache else encoded), False
 
     @torch.no_grad()
     def image_embedding(self, image=None) -> np.ndarray:
-        """L2-normalised CLIP image embedding(s): E for one image, N x E for a list; None uses
-        the cached image (no encoder run)."""
-        encoded, many = self._resolve(image)
+        """L2-normalised CLIP image embedding(s): E for one image or volume, N x E for a list;
+        None uses the cached image (no encoder run)."""
+        encoded, many = self._resolve(image)  # a volume: the normalised mean of its slices'
         return encoded.embedding if many else encoded.embedding[0]
 
     # -- text -------------------------------------------------------------------------------
@@ -353,16 +406,34 @@ class Segmenter:
         Args:
             image: path, PIL image, HxW/HxWx3 numpy array; or a list of them (one result list
                 per image); an ``EncodedImage`` (from :meth:`encode`; no encoder run); None to
-                use the image given to :meth:`set_image`.
+                use the image or volume given to :meth:`set_image`. A volume (a 3-D NIfTI, a
+                DICOM series directory or ``.zip``, an S x H x W array, a ``Volume`` or an
+                ``EncodedVolume``) is answered in 3-D (:class:`VolumeResult`) and, given as
+                a source, cached as by :meth:`set_image`.
             text: a description or a list of descriptions.
-            spacing: pixel spacing (row_mm, col_mm) overriding the image's own, for mm^2.
+            spacing: pixel spacing (row_mm, col_mm) overriding the image's own, for mm^2; for
+                a volume (slice_mm, row_mm, col_mm), e.g. for an array.
 
         Returns:
-            A ``SegmentationResult`` for one image and one text, a list for a list of texts, and
-            a list of those for several images.
+            A ``SegmentationResult`` (``VolumeResult`` for a volume) for one image and one
+            text, a list for a list of texts, and a list of those for several images.
         """
         texts, single_text = _check_texts(text)
-        encoded, many = self._resolve(image)
+        encoded, many = self._resolve(image, spacing=spacing)
+        if isinstance(encoded, EncodedVolume):
+            with self._serialised():
+                out = [
+                    segment_volume(
+                        self.model,
+                        encoded,
+                        t,
+                        self.serving,
+                        text_cache=self.text_cache,
+                        vocabulary=self.vocabulary,
+                    )
+                    for t in texts
+                ]
+            return out[0] if single_text else out
         n = len(encoded)
         rows = [i for i in range(n) for _ in texts]
         decoded = self.decode(encoded, texts * n, rows)
@@ -370,6 +441,19 @@ class Segmenter:
         per_image = [res[i * len(texts) : (i + 1) * len(texts)] for i in range(n)]
         out = [r[0] if single_text else r for r in per_image]
         return out if many else out[0]
+
+
+def is_volume(source, spacing=None) -> bool:
+    """Whether ``source`` is a volume: a ``Volume``/``EncodedVolume``, a 3-D NIfTI, a DICOM
+    series directory or ``.zip``, or a 3-D array that is not an H x W x C image (or any 3-D
+    array given with a three-value ``spacing``)."""
+    if isinstance(source, (Volume, EncodedVolume)):
+        return True
+    if isinstance(source, np.ndarray) and source.ndim == 3:
+        return spacing is not None and len(spacing) == 3 or is_volume_source(source)
+    if isinstance(source, (str, os.PathLike)):
+        return is_volume_source(source)
+    return False
 
 
 def _is_medical(source) -> bool:

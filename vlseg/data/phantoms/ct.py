@@ -12,6 +12,7 @@ Held-out combination: a *hyperdense* lesion in the *left* lobe never appears out
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -94,29 +95,67 @@ def _place_lesion(rng, grid, liver, lobe_of, lobe, radius, taken) -> np.ndarray 
     return None
 
 
-def render_ct(
+@dataclass
+class CTAnatomySlice:
+    """The anatomy of one CT slice as painted by `paint_ct_anatomy`, before lesions and scanner.
+
+    Attributes:
+        grid: the normalised pixel grid.
+        hu: HxW float32 Hounsfield map (noise-free).
+        lab: HxW uint8 tissue labels (``randomize.T_*``).
+        inner: HxW bool, the body inside the subcutaneous fat (where organ texture goes).
+        liver: HxW bool liver mask (empty at a level without liver).
+        falciform_x: normalised x of the lobe boundary; pixels right of it (image right, the
+            patient's left) belong to the left lobe. 0.0 when the slice has no liver.
+        kidneys: ``{"right": mask, "left": mask}``.
+        objects: the annotated organs: liver, spleen, right and left kidney, spine, aorta.
+    """
+
+    grid: Grid
+    hu: np.ndarray
+    lab: np.ndarray
+    inner: np.ndarray
+    liver: np.ndarray
+    falciform_x: float
+    kidneys: dict[str, np.ndarray]
+    objects: list[PhantomObject]
+
+    @property
+    def lobe_left(self) -> np.ndarray:
+        """HxW bool: the left-lobe side of the falciform line (patient's left, image right)."""
+        return self.grid.x > self.falciform_x
+
+
+def paint_ct_anatomy(
     rng: np.random.Generator,
     size: int,
+    an: rnd.CTAnatomy,
     *,
-    heldout: bool = False,
-    randomize: np.random.Generator | None = None,
-) -> tuple[np.ndarray, list[PhantomObject], dict[str, Any]]:
-    """Render one abdominal CT slice.
+    skip_empty_kidneys: bool = False,
+    fixed_draws: bool = False,
+    sinus_scale: tuple[float, float] = (1.0, 1.0),
+    rib_shift: float = 0.0,
+    bowel_shift: np.ndarray | None = None,
+) -> CTAnatomySlice:
+    """Paint body, bowel, organs, vessels, spine and ribs of one slice (the organ part of
+    `render_ct`, with the same draws in the same order).
 
     Args:
-        rng: random generator (the only source of randomness of the classic phantom).
-        size: output side length in pixels.
-        heldout: allow (and include one) held-out attribute combination.
-        randomize: a separate generator for domain randomisation (``appearance="randomized"``):
-            it varies the anatomy (slice level, habitus, organ size and position), then renders
-            the tissue label map with a random appearance and geometry
-            (`randomize.ct_appearance`). ``None`` renders the classic phantom.
-
-    Returns:
-        ``(image, objects, attrs)``: an HxW uint8 windowed image, the annotated objects and the
-        image-level attributes (scanner profile, lesion count).
+        rng: the anatomy generator.
+        size: side length in pixels.
+        an: organ scales, offsets and presence flags.
+        skip_empty_kidneys: skip an absent kidney without drawing its sinus (randomized 2-D
+            phantoms).
+        fixed_draws: make the same number of draws whatever is present, so that every slice
+            of a volume rendered from equal generators gets the same shapes and tissue values
+            (3-D phantoms); an absent kidney then still draws its (unpainted) sinus.
+        sinus_scale: renal sinus size per kidney (right, left), relative to the classic one;
+            0 paints no sinus (a renal pole), its draws are still made.
+        rib_shift: angle (radians) added to every rib's position on the body wall, to let the
+            ribs drift between the slices of a volume.
+        bowel_shift: ``N x 2`` offsets (normalised x, y) of the first ``N`` bowel loops, to let
+            them wander between the slices of a volume.
     """
-    an = rnd.ct_anatomy(randomize) if randomize is not None else rnd.CTAnatomy()
     irr = an.irregularity
     g = Grid.square(size)
     hu = np.full((size, size), HU["air"], dtype=np.float32)
@@ -148,10 +187,11 @@ def render_ct(
     lab[wall] = rnd.T_MUSCLE
     # Bowel loops: soft-tissue walls around fluid, some with gas, filling the anterior abdomen.
     for n_loop in range(rng.integers(10, 18)):
+        cx, cy = j(0.55), -0.05 + j(0.3)
+        if bowel_shift is not None and n_loop < len(bowel_shift):
+            cx, cy = cx + float(bowel_shift[n_loop][0]), cy + float(bowel_shift[n_loop][1])
         loop = (
-            random_blob(
-                g, rng, j(0.55), -0.05 + j(0.3), 0.07 + j(0.025), 0.06 + j(0.02), irregularity=0.12
-            )
+            random_blob(g, rng, cx, cy, 0.07 + j(0.025), 0.06 + j(0.02), irregularity=0.12)
             & inner
             & ~wall
         )
@@ -160,8 +200,9 @@ def render_ct(
         hu[lumen] = HU["bowel_fluid"] + j(15)
         lab[loop] = rnd.T_BOWEL_WALL
         lab[lumen] = rnd.T_FLUID0 + n_loop
-        if rng.random() < 0.4 and lumen.any():
-            gas = random_blob(g, rng, *centroid(lumen, g), 0.03, 0.025, irregularity=0.1)
+        if rng.random() < 0.4 and (lumen.any() or fixed_draws):
+            at = centroid(lumen, g) if lumen.any() else (0.0, 0.0)
+            gas = random_blob(g, rng, *at, 0.03, 0.025, irregularity=0.1)
             hu[gas & lumen] = HU["air"] + 100
             lab[gas & lumen] = rnd.T_GAS
 
@@ -187,8 +228,10 @@ def render_ct(
         angle=0.25 + j(0.1),
     )
     liver = (liver | left_lobe) & inner
-    falciform_x = float(np.percentile(g.x[liver], 70))  # the lobe boundary, for "left/right lobe"
-    lobe_left = g.x > falciform_x  # patient's left lobe lies on the image right
+    if not an.liver_present:  # slice level below the liver
+        liver = np.zeros_like(liver)
+    # The lobe boundary, for "left/right lobe"; the patient's left lobe lies on the image right.
+    falciform_x = float(np.percentile(g.x[liver], 70)) if liver.any() else 0.0
     spleen = (
         random_blob(
             g,
@@ -263,12 +306,19 @@ def render_ct(
     hu[spleen] = HU["spleen"] + j(10)
     lab[liver] = rnd.T_LIVER
     lab[spleen] = rnd.T_SPLEEN
-    for k in kidneys.values():
-        if randomize is not None and not k.any():  # a slice level without this kidney
+    for k, scale in zip(kidneys.values(), sinus_scale, strict=True):
+        if skip_empty_kidneys and not k.any():  # a slice level without this kidney
             continue
         hu[k] = HU["kidney"] + j(20)
-        kx, ky = centroid(k, g)
-        sinus = random_blob(g, rng, kx * 0.85, ky, 0.035, 0.06, irregularity=0.1) & k
+        # An absent kidney (fixed_draws only) still draws its sinus, painted nowhere.
+        kx, ky = centroid(k, g) if (k.any() or not fixed_draws) else (0.0, 0.0)
+        if scale == 1.0:
+            sinus = random_blob(g, rng, kx * 0.85, ky, 0.035, 0.06, irregularity=0.1) & k
+        else:  # a smaller sinus towards the renal poles, none at the pole itself
+            s = scale if scale > 0 else 1.0
+            sinus = random_blob(g, rng, kx * 0.85, ky, 0.035 * s, 0.06 * s, irregularity=0.1) & k
+            if scale <= 0:
+                sinus = np.zeros_like(sinus)
         hu[sinus] = HU["fat"] + 60  # renal sinus fat at the hilum, facing the spine
         lab[k] = rnd.T_KIDNEY
         lab[sinus] = rnd.T_SINUS
@@ -278,6 +328,8 @@ def render_ct(
     lab[ivc] = rnd.T_IVC
     # Ribs: small bright ovals just inside the body wall.
     for ang in rng.uniform(0.15 * np.pi, 0.85 * np.pi, rng.integers(4, 8)):
+        if rib_shift:
+            ang = ang + rib_shift
         side = 1 if rng.random() < 0.5 else -1
         rx, ry = 0.8 * np.cos(ang) * side, 0.02 + 0.55 * np.sin(ang)
         rib = random_blob(g, rng, rx, ry - 0.45, 0.035, 0.025, irregularity=0.05)
@@ -292,6 +344,66 @@ def render_ct(
         PhantomObject("spine", "spine", spine),
         PhantomObject("aorta", "aorta", aorta),
     ]
+    return CTAnatomySlice(g, hu, lab, inner, liver, falciform_x, kidneys, objects)
+
+
+def scan_ct(
+    hu: np.ndarray,
+    inner: np.ndarray,
+    scanner: dict[str, float],
+    rng: np.random.Generator,
+    *,
+    bias: np.ndarray | None = None,
+) -> np.ndarray:
+    """The scanner's view of a noise-free Hounsfield map: organ texture, blur (point-spread
+    function), correlated noise, a smooth bias field and the calibration offset (float32 HU).
+
+    ``bias`` is a unit bias field to use instead of drawing one (a volume shares one field
+    across its slices); it is scaled by the scanner's ``bias_hu``.
+    """
+    size = hu.shape[0]
+    hu = hu + 4.0 * smooth_noise(rng, size, 3) * inner
+    hu = ndimage.gaussian_filter(hu, scanner["blur_px"])
+    hu += scanner["noise_hu"] * smooth_noise(rng, size, 0.7)
+    if bias is None:
+        bias = smooth_noise(rng, size, size / 4)
+    hu += scanner["bias_hu"] * bias + scanner["offset_hu"]
+    return hu
+
+
+def window_ct(hu: np.ndarray, scanner: dict[str, float]) -> np.ndarray:
+    """Window Hounsfield units to 8 bits with the scanner's display level and width."""
+    lo = scanner["level"] - scanner["width"] / 2
+    return np.clip((hu - lo) / scanner["width"] * 255.0, 0, 255).round().astype(np.uint8)
+
+
+def render_ct(
+    rng: np.random.Generator,
+    size: int,
+    *,
+    heldout: bool = False,
+    randomize: np.random.Generator | None = None,
+) -> tuple[np.ndarray, list[PhantomObject], dict[str, Any]]:
+    """Render one abdominal CT slice.
+
+    Args:
+        rng: random generator (the only source of randomness of the classic phantom).
+        size: output side length in pixels.
+        heldout: allow (and include one) held-out attribute combination.
+        randomize: a separate generator for domain randomisation (``appearance="randomized"``):
+            it varies the anatomy (slice level, habitus, organ size and position), then renders
+            the tissue label map with a random appearance and geometry
+            (`randomize.ct_appearance`). ``None`` renders the classic phantom.
+
+    Returns:
+        ``(image, objects, attrs)``: an HxW uint8 windowed image, the annotated objects and the
+        image-level attributes (scanner profile, lesion count).
+    """
+    an = rnd.ct_anatomy(randomize) if randomize is not None else rnd.CTAnatomy()
+    a = paint_ct_anatomy(rng, size, an, skip_empty_kidneys=randomize is not None)
+    g, hu, lab, liver, kidneys = a.grid, a.hu, a.lab, a.liver, a.kidneys
+    lobe_left = a.lobe_left
+    objects = a.objects
     n_organs = len(objects)
 
     # Hepatic lesions; one held-out (hyperdense, left lobe) lesion is forced into test_heldout.
@@ -347,13 +459,7 @@ def render_ct(
         return rnd.ct_appearance(randomize, lab, objects, an)
 
     scanner = _scanner(rng)
-    # Organ texture, blur (scanner PSF), correlated noise and a smooth bias field.
-    hu += 4.0 * smooth_noise(rng, size, 3) * inner
-    hu = ndimage.gaussian_filter(hu, scanner["blur_px"])
-    hu += scanner["noise_hu"] * smooth_noise(rng, size, 0.7)
-    hu += scanner["bias_hu"] * smooth_noise(rng, size, size / 4) + scanner["offset_hu"]
-    lo = scanner["level"] - scanner["width"] / 2
-    image = np.clip((hu - lo) / scanner["width"] * 255.0, 0, 255).round().astype(np.uint8)
+    image = window_ct(scan_ct(hu, a.inner, scanner, rng), scanner)
     n_found = sum(o.category == "hepatic_lesion" for o in objects)
     return image, objects, {"scanner": scanner, "n_lesions": n_found}
 

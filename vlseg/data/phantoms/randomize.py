@@ -106,6 +106,7 @@ class CTAnatomy:
     kidney_dy: tuple[float, float] = (0.0, 0.0)
     irregularity: float = 1.0
     spleen_present: bool = True
+    liver_present: bool = True  # False: a slice level below the liver (3-D phantoms)
     kidneys_present: tuple[bool, bool] = (True, True)  # right, left
 
     def as_dict(self) -> dict[str, Any]:

@@ -65,8 +65,17 @@ def blob(
     Returns:
         HxW bool mask.
     """
-    dx, dy = grid.x - cx, grid.y - cy
     ca, sa = np.cos(angle), np.sin(angle)
+    out = np.zeros(grid.x.shape, dtype=bool)
+    # Only the pixels that can be inside are evaluated: every operation below is elementwise, so
+    # the crop gives the same bits as the whole grid, several times faster for small shapes.
+    reach = 1.0 + (float(np.abs(wobble).sum()) if wobble is not None and len(wobble) else 0.0)
+    half_x = reach * float(np.hypot(rx * ca, ry * sa))
+    half_y = reach * float(np.hypot(rx * sa, ry * ca))
+    rows, cols = _span(grid.y[:, 0], cy, half_y), _span(grid.x[0], cx, half_x)
+    if rows.start >= rows.stop or cols.start >= cols.stop:
+        return out
+    dx, dy = grid.x[rows, cols] - cx, grid.y[rows, cols] - cy
     u = (ca * dx + sa * dy) / rx
     v = (-sa * dx + ca * dy) / ry
     r = np.sqrt(u * u + v * v)
@@ -76,7 +85,18 @@ def blob(
         ph = np.zeros(len(wobble)) if phases is None else phases
         for k, (amp, phase) in enumerate(zip(wobble, ph, strict=True)):
             boundary = boundary + amp * np.cos((k + 2) * theta + phase)
-    return r < boundary
+    out[rows, cols] = r < boundary
+    return out
+
+
+def _span(axis: np.ndarray, centre: float, half: float) -> slice:
+    """Indices of the increasing coordinates ``axis`` within ``centre +- half``, with a margin of
+    two pixels (so rounding never cuts a pixel that the full-grid test would keep)."""
+    if not np.isfinite(half) or not np.isfinite(centre):
+        return slice(0, len(axis))
+    lo = int(np.searchsorted(axis, centre - half, side="left")) - 2
+    hi = int(np.searchsorted(axis, centre + half, side="right")) + 2
+    return slice(max(lo, 0), min(hi, len(axis)))
 
 
 def random_blob(

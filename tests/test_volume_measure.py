@@ -1,0 +1,78 @@
+"""Measurements on volumes: RECIST-style diameters, 3-D components, the agreeing presence score."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from vlseg.volume import agreeing_score, axial_diameters, measure_components, remove_specks
+
+
+def _disk(h, w, cy, cx, ry, rx):
+    yy, xx = np.mgrid[:h, :w]
+    return ((yy + 0.5 - cy) / ry) ** 2 + ((xx + 0.5 - cx) / rx) ** 2 <= 1.0
+
+
+def test_diameters_of_an_ellipse_match_its_axes():
+    m = _disk(200, 200, 100, 100, 20, 40)  # 80 px wide, 40 px tall
+    long, short = axial_diameters(m)
+    assert long == pytest.approx(80, abs=2.5)
+    assert short == pytest.approx(40, abs=2.5)
+
+
+def test_diameters_use_anisotropic_spacing():
+    # 40 x 40 px square region with pixels 0.5 mm tall and 2 mm wide: 20 mm x 80 mm
+    m = np.zeros((100, 100), bool)
+    m[30:70, 30:70] = True
+    long, short = axial_diameters(m, (0.5, 2.0))
+    assert long == pytest.approx(math.hypot(20, 80), rel=1e-6)  # the diagonal of the box
+    assert 19.0 <= short <= 21.0  # the chord perpendicular to that diagonal, near-diagonal
+
+
+def test_diameters_of_a_rotated_bar():
+    yy, xx = np.mgrid[:300, :300].astype(float)
+    t = np.deg2rad(30)
+    u = (xx - 150) * math.cos(t) + (yy - 150) * math.sin(t)
+    v = -(xx - 150) * math.sin(t) + (yy - 150) * math.cos(t)
+    bar = (np.abs(u) <= 60) & (np.abs(v) <= 10)  # 120 x 20
+    long, short = axial_diameters(bar, (1.0, 1.0))
+    assert long == pytest.approx(math.hypot(120, 20), abs=3)
+    assert short == pytest.approx(20, abs=3)
+
+
+def test_single_pixel_and_empty():
+    m = np.zeros((5, 5), bool)
+    assert axial_diameters(m) == (0.0, 0.0)
+    m[2, 2] = True
+    long, short = axial_diameters(m, (1.0, 1.0))
+    assert long == pytest.approx(math.sqrt(2))
+    assert short <= long
+
+
+def test_agreeing_score_needs_two_adjacent_slices():
+    assert agreeing_score(np.array([0.1, 0.95, 0.1, 0.2])) == pytest.approx(0.1)
+    assert agreeing_score(np.array([0.1, 0.95, 0.9, 0.2])) == pytest.approx(0.9)
+    assert agreeing_score(np.array([0.7])) == pytest.approx(0.7)
+    assert agreeing_score(np.array([])) == 0.0
+
+
+def test_specks_removed_and_components_ordered_by_size():
+    m = np.zeros((6, 20, 20), bool)
+    m[1:4, 2:8, 2:8] = True  # 108 voxels
+    m[2:5, 12:15, 12:15] = True  # 27 voxels
+    m[0, 18, 18] = True  # a speck
+    out, labels, n = remove_specks(m, 5)
+    assert n == 2 and not out[0, 18, 18]
+    assert (labels == 1).sum() == 108 and (labels == 2).sum() == 27
+    vols, diam, where = measure_components(labels, n, (2.0, 1.0, 1.0))
+    assert vols == pytest.approx([108 * 2 / 1000, 27 * 2 / 1000])
+    assert diam[0][0] == pytest.approx(math.hypot(6, 6))
+    assert 1 <= where[0] <= 3 and 2 <= where[1] <= 4
+
+
+def test_diagonal_neighbours_are_one_component():
+    m = np.zeros((3, 3, 3), bool)
+    m[0, 0, 0] = m[1, 1, 1] = m[2, 2, 2] = True
+    assert remove_specks(m, 1)[2] == 1

@@ -1,0 +1,434 @@
+"""Volumes: every slice encoded once, any number of prompts answered in 3-D, with clinical
+measurements (volume in mL, RECIST-style diameters, lesion count, slices with findings).
+
+A volume is segmented slice by slice by the 2-D model (the slices in the file's order, each in
+display orientation, so "left kidney" means what it means on a 2-D image) and the answers are
+put back together in 3-D:
+
+- **presence**: each slice gets its calibrated presence score; the volume's score asks for two
+  adjacent slices to agree (``max_k min(s[k], s[k+1])``), so one slice's false alarm does not
+  make a finding. A one-slice volume uses its score as is.
+- **mask**: on slices whose own score reaches the threshold, pixels whose probability does; then
+  3-D connected components (26-connectivity) and removal of specks smaller than
+  ``min_component_mm3`` (or ``min_component_voxels`` when the spacing is unknown).
+- **measurements**: ``volume_ml`` (voxels x voxel volume), per component volume, and for the
+  largest components the longest axial diameter and the longest diameter perpendicular to it on
+  the same slice (RECIST 1.1), measured on the pixel grid in mm.
+
+The image encoder runs once per slice, in batches (``encode_volume``); every later prompt on the
+volume only runs the decoder (``segment_volume``), and a prompt asked again on the same volume
+reuses its decoder outputs (kept at the decoder's resolution, a few hundred KB per prompt).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
+
+from .data.transforms import normalize
+from .data.volume_io import Volume
+from .inference import EncodedImage, decode, encode, mask_probabilities
+from .serving import ServingConfig
+from .vocabulary import unfamiliar
+
+__all__ = [
+    "EncodedVolume",
+    "VolumeResult",
+    "agreeing_score",
+    "axial_diameters",
+    "encode_volume",
+    "measure_components",
+    "segment_volume",
+]
+
+STRUCTURE_3D = np.ones((3, 3, 3), dtype=bool)  # 26-connectivity
+
+
+@dataclass
+class EncodedVolume:
+    """A volume after the image encoder: what every prompt on it reuses.
+
+    Attributes:
+        volume: the source volume (values, spacing, the file's shape and affine).
+        chunks: the encoded slices, in order, in batches (each an ``EncodedImage``).
+        ood_score: the volume's out-of-domain score (median over slices), or None.
+    """
+
+    volume: Volume
+    chunks: list[EncodedImage]
+    ood_score: float | None = None
+    # decoder outputs of the prompts asked on this volume, most recent last: text ->
+    # (presence logits S, [logits per chunk]); small (S x 1 x h x w at the decoder's size)
+    answers: OrderedDict = field(default_factory=OrderedDict, repr=False)
+    max_answers: int = 16
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.volume)
+
+    @property
+    def embedding(self) -> np.ndarray:
+        """The volume's L2-normalised CLIP embedding: the mean of its slices' embeddings,
+        normalised (1 x E), for zero-shot classification and retrieval of a whole volume."""
+        emb = np.concatenate([c.embedding for c in self.chunks]).mean(0, keepdims=True)
+        return (emb / max(float(np.linalg.norm(emb)), 1e-12)).astype(np.float32)
+
+    @property
+    def ood_scores(self) -> list[float] | None:
+        """Each slice's out-of-domain score, or None without an out-of-domain fit."""
+        if any(c.ood_scores is None for c in self.chunks):
+            return None
+        return [s for c in self.chunks for s in c.ood_scores]  # type: ignore[union-attr]
+
+
+@dataclass
+class VolumeResult:
+    """The answer to one prompt on a volume.
+
+    Attributes:
+        text: the prompt.
+        mask: bool, the file's array shape and voxel order (``Volume.shape``): the finding when
+            ``verdict`` is "present", the tentative one for "unsure", else empty.
+        probs: float32 per-voxel probability, same shape.
+        score: the volume's calibrated presence probability (two adjacent slices agreeing).
+        verdict: "present", "absent", "unsure" or "out-of-domain" (as for a 2-D result).
+        volume_ml: volume of ``mask`` in millilitres (None when the spacing is unknown).
+        voxels: voxels in ``mask``.
+        n_components: 3-D connected components (26-connectivity) of ``mask``.
+        component_volumes_ml: volume of each component, largest first (voxel counts when the
+            spacing is unknown).
+        diameters_mm: (longest axial diameter, longest diameter perpendicular to it on the same
+            slice) of each of the largest components (up to ``max_measured``), in mm (pixels
+            when the spacing is unknown), largest component first.
+        diameter_slices: the slice where each component's longest axial diameter was measured.
+        slices: indices of the slices holding the finding, along the volume's slice axis in
+            the file's order.
+        slice_scores: each slice's calibrated presence probability.
+        spacing: (slice_mm, row_mm, col_mm) used for the measurements, or None.
+        unfamiliar: words of ``text`` the model's training prompts never used.
+        ood_score: the volume's out-of-domain score, or None.
+    """
+
+    text: str
+    mask: np.ndarray
+    probs: np.ndarray
+    score: float
+    verdict: str
+    volume_ml: float | None
+    voxels: int
+    n_components: int
+    component_volumes_ml: list[float]
+    diameters_mm: list[tuple[float, float]]
+    diameter_slices: list[int]
+    slices: list[int]
+    slice_scores: np.ndarray
+    spacing: tuple[float, float, float] | None
+    unfamiliar: list[str] = field(default_factory=list)
+    ood_score: float | None = None
+
+    @property
+    def present(self) -> bool:
+        return self.verdict == "present"
+
+    @property
+    def uncertainty(self) -> np.ndarray:
+        """Binary entropy (bits) of ``probs``: 1 where a voxel's probability is 0.5."""
+        p = np.clip(self.probs.astype(np.float64), 1e-7, 1 - 1e-7)
+        return (-(p * np.log2(p) + (1 - p) * np.log2(1 - p))).astype(np.float32)
+
+    def summary(self) -> str:
+        """One line for people: verdict, volume, diameters, count, slices."""
+        if not self.present:
+            word = {"absent": "not found"}.get(self.verdict, self.verdict)
+            return f"{self.text}: {word} (score {self.score:.2f})"
+        unit = "mm" if self.spacing else "px"
+        vol = f"{self.volume_ml:.1f} mL" if self.volume_ml is not None else f"{self.voxels} voxels"
+        parts = [f"{self.text}: present, {vol}"]
+        if self.diameters_mm:
+            long, short = self.diameters_mm[0]
+            parts.append(f"largest {long:.1f} x {short:.1f} {unit}")
+        parts.append(f"{self.n_components} component(s)")
+        parts.append(f"slices {_ranges(self.slices)}")
+        return ", ".join(parts) + f" (score {self.score:.2f})"
+
+    def __repr__(self) -> str:
+        return f"VolumeResult({self.summary()})"
+
+
+def _ranges(idx: Sequence[int]) -> str:
+    """[3, 4, 5, 9] -> '3-5, 9'."""
+    out, start = [], None
+    for i, k in enumerate(idx):
+        if start is None:
+            start = k
+        if i + 1 == len(idx) or idx[i + 1] != k + 1:
+            out.append(f"{start}" if start == k else f"{start}-{k}")
+            start = None
+    return ", ".join(out) if out else "none"
+
+
+# ----------------------------------------------------------------------------------------
+# encoding
+
+
+def slices_to_pixels(
+    slices_u8: np.ndarray, image_size: int, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """n x H x W uint8 grey slices -> n x 3 x S x S normalised model input, exactly as the 2-D
+    path prepares a grey image (replicated to three channels, antialiased bicubic resize)."""
+    x = torch.from_numpy(np.ascontiguousarray(slices_u8)).float().div_(255.0)[:, None]
+    if tuple(x.shape[-2:]) != (image_size, image_size):
+        x = F.interpolate(
+            x, size=(image_size, image_size), mode="bicubic", align_corners=False, antialias=True
+        ).clamp_(0.0, 1.0)
+    return normalize(x.expand(-1, 3, -1, -1), mean, std)
+
+
+@torch.no_grad()
+def encode_volume(
+    model,
+    volume: Volume,
+    *,
+    image_size: int,
+    window: tuple[float, float] | None,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    memory_format: torch.memory_format = torch.contiguous_format,
+    ood=None,
+    progress: Callable[[int, int], None] | None = None,
+) -> EncodedVolume:
+    """Run the image encoder once on every slice of ``volume``, ``batch_size`` slices at a time.
+
+    Args:
+        model: a ``VLSegModel`` in eval mode.
+        volume: from :func:`vlseg.data.volume_io.read_volume`.
+        image_size: the model's square input size.
+        window: the model's CT window (level, width), applied to Hounsfield-unit volumes.
+        ood: an ``OODDetector``; the volume then gets a score (median over slices).
+        progress: called as ``progress(done_slices, total_slices)`` after each batch.
+    """
+    u8 = volume.to_uint8(window)
+    n, (h, w) = len(volume), u8.shape[1:]
+    sp = volume.spacing
+    spacing2 = None if sp is None else (float(sp[1]), float(sp[2]))
+    vis = model.vision
+    chunks = []
+    for start in range(0, n, batch_size):
+        part = u8[start : start + batch_size]
+        pixels = slices_to_pixels(part, image_size, vis.mean, vis.std)
+        pixels = pixels.to(device).contiguous(memory_format=memory_format)
+        enc = encode(model, pixels, [(h, w)] * len(part), [spacing2] * len(part))
+        if ood is not None:
+            enc.ood_scores = [float(v) for v in ood.score(enc.pooled)]
+        chunks.append(enc)
+        if progress is not None:
+            progress(min(start + batch_size, n), n)
+    out = EncodedVolume(volume, chunks)
+    scores = out.ood_scores
+    out.ood_score = None if scores is None else float(np.median(scores))
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# answers
+
+
+def agreeing_score(scores: np.ndarray) -> float:
+    """The volume's presence: the best pair of adjacent slices, scored by its weaker slice
+    (``max_k min(s[k], s[k+1])``), so a finding needs two adjacent slices; a one-slice volume
+    uses its score as is."""
+    s = np.asarray(scores, dtype=np.float64)
+    if s.size == 0:
+        return 0.0
+    if s.size == 1:
+        return float(s[0])
+    return float(np.max(np.minimum(s[:-1], s[1:])))
+
+
+def remove_specks(mask: np.ndarray, min_voxels: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Drop 3-D components smaller than ``min_voxels``; returns (mask, labels, n_components)
+    with labels renumbered 1..n by decreasing size."""
+    labels, n = ndimage.label(mask, structure=STRUCTURE_3D)
+    if n == 0:
+        return mask, labels, 0
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    order = [i + 1 for i in np.argsort(-sizes, kind="stable") if sizes[i] >= min_voxels]
+    lut = np.zeros(n + 1, dtype=np.int32)
+    lut[order] = np.arange(1, len(order) + 1, dtype=np.int32)
+    labels = lut[labels]
+    return labels > 0, labels, len(order)
+
+
+def axial_diameters(
+    mask2d: np.ndarray, spacing: tuple[float, float] | None = None
+) -> tuple[float, float]:
+    """RECIST-style diameters of a 2-D region: the longest diameter and the longest chord
+    perpendicular to it, in mm (pixels when ``spacing`` is None).
+
+    Measured on the pixel squares (their corners), so a one-pixel region measures one pixel
+    across and anisotropic pixels are handled.
+    """
+    rows, cols = np.nonzero(mask2d)
+    if rows.size == 0:
+        return 0.0, 0.0
+    sy, sx = (1.0, 1.0) if spacing is None else (float(spacing[0]), float(spacing[1]))
+    corners = np.concatenate(
+        [np.stack([(rows + dr) * sy, (cols + dc) * sx], 1) for dr in (0, 1) for dc in (0, 1)]
+    )
+    try:
+        hull = corners[ConvexHull(corners).vertices]
+    except QhullError:  # collinear corners cannot happen for squares, but stay safe
+        hull = corners
+    d = np.linalg.norm(hull[:, None] - hull[None], axis=-1)
+    i, j = np.unravel_index(int(np.argmax(d)), d.shape)
+    long = float(d[i, j])
+    u = (hull[j] - hull[i]) / max(long, 1e-12)
+    v = np.array([-u[1], u[0]])
+    # The perpendicular: for strips across the long axis, the extent of the pixels in each
+    # strip along v; the longest such chord.
+    centres = np.stack([(rows + 0.5) * sy, (cols + 0.5) * sx], 1)
+    along = centres @ u
+    across = centres @ v
+    half = 0.5 * (abs(v[0]) * sy + abs(v[1]) * sx)  # a pixel's half extent along v
+    step = min(sy, sx)
+    bins = np.floor((along - along.min()) / step).astype(np.int64)
+    lo = np.full(bins.max() + 1, np.inf)
+    hi = np.full(bins.max() + 1, -np.inf)
+    np.minimum.at(lo, bins, across)
+    np.maximum.at(hi, bins, across)
+    short = float(np.max(hi - lo)) + 2 * half
+    return long, min(short, long)
+
+
+def measure_components(
+    labels: np.ndarray,
+    n: int,
+    spacing: tuple[float, float, float] | None,
+    max_measured: int = 5,
+) -> tuple[list[float], list[tuple[float, float]], list[int]]:
+    """Per-component volume (mL, or voxels without spacing), largest first, and RECIST-style
+    diameters with the slice they were measured on for the ``max_measured`` largest.
+
+    ``labels``: S x H x W, components numbered 1..n by decreasing size (``remove_specks``).
+    """
+    if n == 0:
+        return [], [], []
+    counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    voxel_ml = None if spacing is None else float(np.prod(spacing)) / 1000.0
+    volumes = [float(c) * voxel_ml if voxel_ml is not None else float(c) for c in counts]
+    sp2 = None if spacing is None else (float(spacing[1]), float(spacing[2]))
+    diameters, where = [], []
+    boxes = ndimage.find_objects(labels)
+    for comp in range(1, min(n, max_measured) + 1):
+        box = boxes[comp - 1]
+        best, best_k = (0.0, 0.0), box[0].start
+        for k in range(box[0].start, box[0].stop):
+            region = labels[k, box[1], box[2]] == comp
+            if not region.any():
+                continue
+            d = axial_diameters(region, sp2)
+            if d[0] > best[0]:
+                best, best_k = d, k
+        diameters.append(best)
+        where.append(int(best_k))
+    return volumes, diameters, where
+
+
+@torch.no_grad()
+def segment_volume(
+    model,
+    encoded: EncodedVolume,
+    text: str,
+    serving: ServingConfig,
+    *,
+    text_cache=None,
+    vocabulary: Iterable[str] | None = None,
+    min_component_mm3: float = 10.0,
+    min_component_voxels: int = 4,
+    max_measured: int = 5,
+) -> VolumeResult:
+    """Answer one prompt on an encoded volume (the decoder only; no image-encoder run).
+
+    Args:
+        model: the ``VLSegModel`` that encoded the volume.
+        encoded: from :func:`encode_volume`.
+        text: the prompt.
+        serving: threshold, calibration, unsure band, out-of-domain threshold.
+        text_cache: a ``TextCache`` (the prompt's text features are computed once).
+        min_component_mm3: components smaller than this are specks and removed (when the
+            spacing is known; else ``min_component_voxels``).
+        max_measured: how many of the largest components get diameters.
+    """
+    volume = encoded.volume
+    n, (h, w) = len(volume), volume.values.shape[1:]
+    with encoded._lock:
+        cached = encoded.answers.get(text)
+        if cached is not None:
+            encoded.answers.move_to_end(text)
+    if cached is not None:  # asked before on this volume: no decoder run
+        raw_t, logits = cached
+    else:
+        raw, logits = [], []
+        for chunk in encoded.chunks:
+            k = len(chunk)
+            dec = decode(model, chunk, [text] * k, list(range(k)), text_cache=text_cache)
+            raw.append(dec.presence.float().cpu())
+            logits.append(dec.logits)
+        raw_t = torch.cat(raw)
+        with encoded._lock:
+            encoded.answers[text] = (raw_t, logits)
+            while len(encoded.answers) > encoded.max_answers:
+                encoded.answers.popitem(last=False)
+    probs, done = np.empty((n, h, w), dtype=np.float32), 0
+    for chunk_logits in logits:
+        k = chunk_logits.shape[0]
+        probs[done : done + k] = mask_probabilities(chunk_logits, (h, w)).cpu().numpy()
+        done += k
+    slice_scores = torch.sigmoid(serving.calibrate(raw_t)).numpy().astype(np.float32)
+    score = agreeing_score(slice_scores)
+    thr = serving.threshold
+    mask = probs > thr
+    mask[slice_scores < thr] = False
+    if score < thr:
+        mask[:] = False
+    sp = volume.spacing
+    if sp is not None:
+        min_vox = max(1, int(math.ceil(min_component_mm3 / float(np.prod(sp)))))
+    else:
+        min_vox = min_component_voxels
+    mask, labels, n_comp = remove_specks(mask, min_vox)
+    verdict = serving.verdict(score, bool(mask.any()), encoded.ood_score)
+    if verdict == "out-of-domain":
+        mask[:] = False
+        labels[:] = 0
+        n_comp = 0
+    vols, diam, where = measure_components(labels, n_comp, sp, max_measured)
+    voxels = int(mask.sum())
+    volume_ml = None if sp is None else voxels * float(np.prod(sp)) / 1000.0
+    return VolumeResult(
+        text=text,
+        mask=volume.to_stored(mask),
+        probs=volume.to_stored(probs),
+        score=score,
+        verdict=verdict,
+        volume_ml=volume_ml,
+        voxels=voxels,
+        n_components=n_comp,
+        component_volumes_ml=vols,
+        diameters_mm=diam,
+        diameter_slices=where,
+        slices=[int(k) for k in np.nonzero(mask.any((1, 2)))[0]],
+        slice_scores=slice_scores,
+        spacing=None if sp is None else tuple(float(v) for v in sp),
+        unfamiliar=unfamiliar(text, vocabulary),
+        ood_score=encoded.ood_score,
+    )
