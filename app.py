@@ -6,7 +6,9 @@ gradio: the library (``vlseg``) stays UI-free. API endpoints for
 
 - ``/chat``: one chat turn, ``message={"text": str, "files": [handle_file(path)]}``; returns the
   chat log, the cleared message box, the annotated view and the mask files. The conversation
-  (image cache included) is kept per client session.
+  (image cache included) is kept per client session. A volume (a 3-D NIfTI or a ``.zip`` of a
+  DICOM series) is answered in 3-D: the reply measures it, the view shows the slice with the
+  largest finding, and the mask files are NIfTI, aligned with the upload.
 - ``/segment``: stateless, ``image=handle_file(path), text=str``; returns the reply (markdown),
   the overlay image and the mask PNGs.
 - ``/reset``: forget the session's image and chat log.
@@ -34,7 +36,7 @@ log = logging.getLogger(__name__)
 CONCURRENCY_LIMIT = 2  # model calls at once; more queue (the model is shared)
 QUEUE_SIZE = 64
 SESSION_TTL_S = 4 * 3600
-MAX_FILE_SIZE = "50mb"
+MAX_FILE_SIZE = "300mb"  # a CT volume (.nii.gz or a .zip of its DICOM series) can be large
 # (seed, index, modality, prompt): one click each for segmentation, several targets with mm^2
 # (the phantom's true spacing is appended to the prompt), and classification.
 EXAMPLE_SPECS = (
@@ -73,6 +75,24 @@ def _view(out: TurnOutput):
     return view, (out.files or None)
 
 
+def slice_slider(session: ChatSession | None):
+    """The slice slider for the session: shown at the slice on view for a volume, hidden for a
+    2-D image or none."""
+    n = session.n_slices if isinstance(session, ChatSession) else 0
+    if n < 2:
+        return gr.Slider(visible=False)
+    return gr.Slider(minimum=0, maximum=n - 1, step=1, value=session.slice_index, visible=True)
+
+
+def progress_reporter(progress: Any):
+    """A ``progress(done, total)`` callback for volume encoding that drives ``gr.Progress``."""
+
+    def report(done: int, total: int) -> None:
+        progress((done, total), desc="Encoding the volume's slices", unit="slices")
+
+    return report
+
+
 def build_demo(
     segmenter: Segmenter, index: Any = None, *, examples_dir: str | os.PathLike[str] | None = None
 ) -> gr.Blocks:
@@ -86,12 +106,23 @@ def build_demo(
     service = ChatService(segmenter, index)
     examples = make_examples(examples_dir or tempfile.mkdtemp(prefix="vlseg-examples-"))
 
-    def chat(message: dict | None, session: ChatSession | None):
+    def chat(message: dict | None, session: ChatSession | None, progress=gr.Progress()):
         session = session if isinstance(session, ChatSession) else ChatSession()
         message = message if isinstance(message, dict) else {"text": str(message or "")}
-        out = service.respond(session, message.get("text") or "", message.get("files") or [])
+        out = service.respond(
+            session,
+            message.get("text") or "",
+            message.get("files") or [],
+            progress=progress_reporter(progress),
+        )
         view, files = _view(out)
         return session.history, None, view, files, session
+
+    def show_slice(index: float | None, session: ChatSession | None):
+        if not isinstance(session, ChatSession) or index is None:
+            return gr.skip()
+        view, _ = _view(service.slice_view(session, index))
+        return view
 
     def reset(session: ChatSession | None):
         if isinstance(session, ChatSession):
@@ -132,8 +163,18 @@ def build_demo(
                 )
             with gr.Column(scale=2):
                 view = gr.AnnotatedImage(label="Annotated view", format="png", elem_id="view")
+                slider = gr.Slider(
+                    minimum=0,
+                    maximum=1,
+                    value=0,
+                    step=1,
+                    label="Slice",
+                    info="A volume's slices in the file's order, with the last answer's outline",
+                    visible=False,
+                    elem_id="slice",
+                )
                 masks = gr.File(
-                    label="Masks (PNG, original resolution)",
+                    label="Masks (PNG at the image's resolution; NIfTI for a volume)",
                     file_count="multiple",
                     interactive=False,
                     elem_id="masks",
@@ -161,9 +202,31 @@ def build_demo(
             "outputs": [chatbot, box, view, masks, session],
             "concurrency_id": "model",  # one limit shared by every event that runs the model
         }
-        box.submit(**turn, api_name="chat", show_progress="minimal")
-        ex.load_input_event.then(**turn, api_visibility="private", show_progress="minimal")
-        chatbot.clear(reset, [session], [chatbot, view, masks, session], api_name="reset")
+        # the slider follows the session (shown for a volume); /chat and /reset keep their outputs
+        sync = {
+            "fn": slice_slider,
+            "inputs": [session],
+            "outputs": [slider],
+            "api_visibility": "private",
+            "show_progress": "hidden",
+        }
+        box.submit(**turn, api_name="chat", show_progress="minimal").then(**sync)
+        ex.load_input_event.then(
+            **turn, api_visibility="private", show_progress="minimal"
+        ).then(**sync)
+        chatbot.clear(reset, [session], [chatbot, view, masks, session], api_name="reset").then(
+            **sync
+        )
+        slider.input(
+            show_slice,
+            [slider, session],
+            [view],
+            api_visibility="private",
+            show_progress="hidden",
+            trigger_mode="always_last",
+            concurrency_id="slices",  # drawing only: never waits behind the model
+            concurrency_limit=4,
+        )
         one_button.click(
             segment,
             [one_image, one_text],

@@ -1,4 +1,4 @@
-"""Fixtures for the chat service tests: a tiny random model and phantom image files."""
+"""Fixtures for the chat service tests: a tiny random model, phantom image files and volumes."""
 
 import numpy as np
 import pytest
@@ -57,3 +57,43 @@ def bad_files(tmp_path_factory):
     # 20000 x 20000 = 4e8 pixels, but a tiny file: rejected from the header
     Image.new("1", (20000, 20000)).save(d / "bomb.png", optimize=True)
     return {p.stem: p for p in d.iterdir() if p.name != "good.png"}
+
+
+@pytest.fixture(scope="session")
+def phantom_volume():
+    """A small CT phantom volume: 6 axial slices of 64 x 64 (int16 HU)."""
+    from vlseg.data.phantoms.volume import render_ct_volume
+
+    return render_ct_volume(7, 0, n_slices=6, size=64)
+
+
+@pytest.fixture(scope="session")
+def volume_files(phantom_volume, tmp_path_factory):
+    """A CT phantom as NIfTI and as a zipped DICOM series, plus malformed volumes."""
+    import zipfile
+
+    nib = pytest.importorskip("nibabel")
+    pytest.importorskip("pydicom")
+    from vlseg.data.phantoms.volume import write_dicom_series, write_nifti
+
+    d = tmp_path_factory.mktemp("chat-volumes")
+    hu, spacing = phantom_volume.hu, phantom_volume.spacing
+    write_nifti(d / "ct.nii.gz", hu, spacing, dtype=np.int16)
+    series = write_dicom_series(d / "series", hu, spacing, shuffle_names=True, seed=3)
+    with zipfile.ZipFile(d / "series.zip", "w") as z:
+        for path in series:
+            z.write(path, f"export/{path.name}")
+    # malformed: a 4-D NIfTI holding two volumes
+    four_d = np.stack([hu.transpose(2, 1, 0)] * 2, axis=-1)
+    nib.save(nib.Nifti1Image(four_d, np.eye(4)), d / "two-volumes.nii.gz")
+    # malformed: a series whose slices differ in size
+    small = write_dicom_series(d / "small", hu[:2, :32, :32], spacing, seed=3)
+    with zipfile.ZipFile(d / "mixed-sizes.zip", "w") as z:
+        for path in series[:3] + small[:1]:
+            z.write(path, f"{path.parent.name}-{path.name}")
+    with zipfile.ZipFile(d / "no-dicom.zip", "w") as z:
+        z.writestr("readme.txt", "not a DICOM file\n")
+    (d / "not-a-zip.zip").write_bytes(b"PK but not really a zip archive")
+    # one slice: read as a 2-D image, as before
+    write_nifti(d / "one-slice.nii.gz", hu[:1], spacing, dtype=np.int16)
+    return {p.name: p for p in d.iterdir() if p.is_file()}

@@ -126,3 +126,20 @@ def test_auth_is_required(server):
         gradio_client.Client(server["url"], verbose=False)
     with pytest.raises(Exception):  # noqa: B017
         gradio_client.Client(server["url"], auth=(USER, "wrong"), verbose=False)
+
+
+def test_chat_volume_upload_measures_and_returns_a_nifti_mask(client, server, volume_files):
+    seg = server["seg"]
+    before = seg.encoder_calls
+    history, box, view, masks = _chat(client, "segment the hepatic lesion", volume_files["ct.nii.gz"])
+    reply = _text(history)
+    assert "**the hepatic lesion**: present: " in reply and " mL" in reply and " mm " in reply
+    assert view is not None and masks and masks[0].endswith("_mask.nii.gz")
+    assert os.path.exists(masks[0]) and seg.encoder_calls == before + 1
+    history, *_ = _chat(client, "how big is it?")
+    assert "**the hepatic lesion**: present: " in _text(history)
+    history, *_ = _chat(client, "the liver", volume_files["two-volumes.nii.gz"])
+    assert "I could not use **two-volumes.nii.gz**" in _text(history)
+    history, *_ = _chat(client, "the liver")
+    assert "**the liver**: present: " in _text(history), "the server keeps serving the volume"
+    assert seg.encoder_calls == before + 1

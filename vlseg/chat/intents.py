@@ -85,6 +85,45 @@ _SPACING = [
 ]
 
 
+# "how big is the lesion?", "how many lesions are there?", "what is the volume of the liver?",
+# "measure it": questions about the size or number of something (answered on volumes).
+_MEASURE = re.compile(
+    r"^(?:(?:how\s+(?:big|large|small|long|wide|thick|extensive|much\s+volume)|what\s+size|"
+    r"what\s+volume)(?:\s+(?:is|are|was|were|does|do))?(?:\s+(?P<a>.*?))?"
+    r"(?:\s+(?:measure|take up|occupy))?"
+    r"|how\s+many(?:\s+(?P<b>.*?))?(?:\s+(?:are|is)\s+there|\s+do you see|\s+(?:are|is)\s+"
+    r"(?:visible|present|shown|seen))?"
+    r"|(?:what(?:'s|\s+is|\s+are)\s+)?(?:(?:the|its|their)\s+)?(?:size|volume|diameters?|"
+    r"dimensions?|extent|count|number|measurements?)(?:\s+of)?(?:\s+(?P<c>.*?))?"
+    r"|(?:measure|count|quantify)(?:\s+(?P<d>.*?))?)$",
+    re.IGNORECASE,
+)
+_PRONOUN = re.compile(r"^(?:it|its|they|them|their|this|that|these|those|one|ones)?$", re.I)
+
+
+def measure_question(text: str) -> str | None:
+    """The target of a size or count question, "" when it names none ("how big is it?"), or
+    None when ``text`` is not such a question.
+
+    Example:
+        >>> measure_question("how many hepatic lesions are there?")
+        'hepatic lesions'
+        >>> measure_question("how big is it?")
+        ''
+        >>> measure_question("segment the liver") is None
+        True
+    """
+    bare = " ".join(extract_spacing(" ".join(str(text).split()))[0].split()).strip(" ?.!")
+    bare = _LEAD.sub("", bare).strip()
+    m = _MEASURE.fullmatch(bare)
+    if m is None:
+        return None
+    target = next((g for g in m.group("a", "b", "c", "d") if g is not None), "")
+    target = re.sub(r"^(?:its|their)\s+", "", target.strip(), flags=re.I)
+    target = _strip_command(target)
+    return "" if _PRONOUN.fullmatch(target) else target
+
+
 @dataclass(frozen=True)
 class Intent:
     """What one message asks for.

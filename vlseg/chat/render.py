@@ -163,6 +163,12 @@ def write_png(rgb: np.ndarray, path: Path) -> Path:
     return path
 
 
+def gray_to_rgb(gray: np.ndarray) -> np.ndarray:
+    """An H x W uint8 slice as H x W x 3 uint8 (for overlays in colour)."""
+    gray = np.asarray(gray, dtype=np.uint8)
+    return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+
+
 def thumbnail(rgb: np.ndarray, max_side: int = 256) -> np.ndarray:
     """Shrink an image so its longer side is at most ``max_side`` (never enlarges)."""
     im = Image.fromarray(rgb)

@@ -8,12 +8,16 @@ from pathlib import Path
 from typing import Any
 
 from vlseg.predictor import SegmentationResult
+from vlseg.volume import VolumeResult
 
 RESEARCH_NOTICE = (
     "Research use only. vlseg is not a medical device: its outputs are not validated for "
     "diagnosis or treatment decisions. The default model was trained on synthetic phantoms."
 )
-SUPPORTED = "PNG, JPEG, BMP, TIFF, DICOM (.dcm) or NIfTI (.nii/.nii.gz)"
+SUPPORTED = (
+    "PNG, JPEG, BMP, TIFF, DICOM (.dcm) or NIfTI (.nii/.nii.gz); a CT/MR volume as a 3-D NIfTI "
+    "or a .zip of one DICOM series"
+)
 
 NO_IMAGE_TEXT = (
     "Please upload an image first: use the 📎 button in the message box, or click one of the "
@@ -29,9 +33,15 @@ HELP_TEXT = f"""I segment what you describe in a medical image and measure it.
    - *what is this?* or *is it a melanoma or a nevus?*: zero-shot classification;
    - *find similar cases*: nearest cases in the case index (when one is loaded);
    - add *spacing 0.8 mm* to any message to get areas in mm² for images without it.
+3. **Volumes** (a 3-D NIfTI or a .zip of a DICOM series): every slice is encoded once (a
+   progress bar shows how far), then *segment the hepatic lesion* gives the volume in mL, the
+   longest diameters in mm, the number of separate findings and the slices holding them;
+   *how big is it?* or *how many lesions?* answer from the same result. Move the **Slice**
+   slider to see any slice with the outline; the mask downloads as NIfTI, aligned with your
+   file.
 
 Follow-up questions reuse the encoded image, so they are fast. Masks can be downloaded as PNG
-files at the image's own resolution.
+files at the image's own resolution (NIfTI for a volume).
 
 _{RESEARCH_NOTICE}_"""
 
@@ -94,6 +104,78 @@ def describe(r: SegmentationResult) -> str:
         return f"{name}: not found (presence {r.score:.2f})"
     comps = f"{r.n_components} connected component" + ("s" if r.n_components != 1 else "")
     return f"{name}: area {area_text(r)}, {comps} (presence {r.score:.2f})"
+
+
+def slice_ranges(slices: list[int]) -> str:
+    """[3, 4, 5, 9] -> "3–5, 9"; more than six runs are cut short with "…"."""
+    runs: list[str] = []
+    start = prev = None
+    for k in [*slices, None]:
+        if start is not None and (k is None or k != prev + 1):
+            runs.append(f"{start}" if start == prev else f"{start}–{prev}")
+            start = None
+        if k is not None and start is None:
+            start = k
+        prev = k
+    return ", ".join(runs[:6]) + (", …" if len(runs) > 6 else "") if runs else "none"
+
+
+def volume_text(r: VolumeResult, ml: float | None = None) -> str:
+    """``r``'s volume (or ``ml``, one component's) in mL, or in voxels when the spacing is
+    unknown."""
+    if r.spacing is None:
+        voxels = r.voxels if ml is None else int(ml)  # component sizes are voxel counts then
+        return f"{voxels:,} voxels"
+    value = r.volume_ml if ml is None else ml
+    return f"{value:,.2f} mL" if value < 10 else f"{value:,.1f} mL"
+
+
+def short_measure_volume(r: VolumeResult) -> str:
+    """A legend entry: "14.2 mL", "not found", "unsure", "out of domain"."""
+    if r.verdict == "out-of-domain":
+        return "out of domain"
+    if r.verdict == "unsure" and r.voxels:
+        return "unsure"
+    if not r.present:
+        return "not found" if r.verdict == "absent" else "unsure"
+    return volume_text(r)
+
+
+def describe_volume(r: VolumeResult) -> str:
+    """One reply line for a volume, e.g. "**the hepatic lesion**: present: 2 separate regions,
+    14.2 mL in all (9.1 + 5.1 mL); largest 31.0 × 24.5 mm (slice 17); on slices 12–21
+    (presence 0.93)"."""
+    name = f"**{md_escape(r.text)}**"
+    if r.verdict == "out-of-domain":
+        return (
+            f"{name}: no answer: this volume is unlike what this model was trained on, so any "
+            "mask would be a guess"
+        )
+    if r.verdict == "unsure":
+        tentative = (
+            f"; a tentative outline covers {volume_text(r)} on slices {slice_ranges(r.slices)}"
+            if r.voxels
+            else ""
+        )
+        return f"{name}: unsure whether it is there (presence {r.score:.2f}){tentative}"
+    if not r.present:
+        return f"{name}: not found (presence {r.score:.2f})"
+    n = r.n_components
+    if n == 1:
+        size = f"1 region, {volume_text(r)}"
+    else:
+        parts = " + ".join(volume_text(r, v) for v in r.component_volumes_ml[:4])
+        more = " + …" if n > 4 else ""
+        size = f"{n} separate regions, {volume_text(r)} in all ({parts}{more})"
+    text = f"{name}: present: {size}"
+    if r.diameters_mm:
+        unit = "mm" if r.spacing is not None else "px"
+        long, short = r.diameters_mm[0]
+        which = "largest " if n > 1 else ""
+        text += (
+            f"; {which}{long:.1f} × {short:.1f} {unit} across (slice {r.diameter_slices[0]})"
+        )
+    return text + f"; on slices {slice_ranges(r.slices)} (presence {r.score:.2f})"
 
 
 def unfamiliar_note(results: list[SegmentationResult]) -> str | None:

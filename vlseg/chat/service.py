@@ -1,8 +1,17 @@
 """The chat turn: one message (text and/or an image) in, one friendly reply out.
 
 :meth:`ChatService.respond` never raises for anything a user can send (bad files, huge images,
-empty or very long messages, questions before an image): every failure becomes a reply that
-says what went wrong and what to do. Nothing here imports gradio; ``app.py`` wires it.
+malformed DICOM series, 4-D NIfTI, empty or very long messages, questions before an image):
+every failure becomes a reply that says what went wrong and what to do. Nothing here imports
+gradio; ``app.py`` wires it.
+
+Volumes. A 3-D NIfTI or a ``.zip`` of a DICOM series is read with
+:func:`vlseg.data.volume_io.read_volume` and every slice is encoded once
+(``Segmenter.encode_volume``, reporting ``progress(done, total)``); prompts then run the decoder
+only and are answered in 3-D (:class:`vlseg.volume.VolumeResult`: volume in mL, diameters in mm,
+separate regions, slices with findings). The session keeps the display slices and the last
+answer's masks, so :meth:`ChatService.slice_view` draws any slice with its outlines, and each
+turn writes the masks as NIfTI files aligned with the upload.
 """
 
 from __future__ import annotations
@@ -10,39 +19,46 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from vlseg.data.volume_io import is_volume_source, write_mask_nifti
 from vlseg.predictor import Segmenter
+from vlseg.volume import VolumeResult
 
 from . import render
-from .intents import Intent, parse_message
+from .intents import Intent, measure_question, parse_message, split_targets
 from .replies import (
     HELP_TEXT,
     NO_IMAGE_TEXT,
     SUPPORTED,
     clean_text,
     describe,
+    describe_volume,
     file_name,
     file_path,
     join_notes,
     md_escape,
     readable_error,
     short_measure,
+    short_measure_volume,
     unfamiliar_note,
     unique_labels,
 )
 from .session import (
     ChatSession,
+    VolumeOverlay,
     classify_cached,
     encode_image,
+    encode_volume,
     search_similar,
     segment_cached,
     session_dir,
@@ -52,6 +68,7 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE_CHARS = 1000  # longer messages are refused politely (the model reads ~77 tokens)
 MAX_UPLOAD_PIXELS = 25_000_000  # decompression-bomb guard, checked from the file header
+MAX_UPLOAD_VOXELS = 128_000_000  # volumes (e.g. 512 x 512 x 488), checked from the headers
 MAX_HISTORY_MESSAGES = 200  # older messages are dropped from the session's chat log
 
 
@@ -92,6 +109,7 @@ class ChatService:
         labels: default class labels for "what is this?" (default: the model's own,
             ``segmenter.serving.labels``).
         max_pixels: largest accepted image (pixels).
+        max_voxels: largest accepted volume (voxels).
         workdir: where session files go (default: a new directory under the system temp dir,
             which gradio may serve files from).
     """
@@ -103,6 +121,7 @@ class ChatService:
         *,
         labels: Sequence[str] | None = None,
         max_pixels: int = MAX_UPLOAD_PIXELS,
+        max_voxels: int = MAX_UPLOAD_VOXELS,
         workdir: str | os.PathLike[str] | None = None,
     ):
         if not isinstance(segmenter, Segmenter):
@@ -113,12 +132,18 @@ class ChatService:
         self.index = index
         self.labels = tuple(segmenter.serving.labels if labels is None else labels)
         self.max_pixels = int(max_pixels)
+        self.max_voxels = int(max_voxels)
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="vlseg-chat-"))
         self._oneshot_dirs: deque[str] = deque()
 
     # -- the turn -------------------------------------------------------------------------
     def respond(
-        self, session: ChatSession, text: str | None = "", files: Sequence[Any] = ()
+        self,
+        session: ChatSession,
+        text: str | None = "",
+        files: Sequence[Any] = (),
+        *,
+        progress: Callable[[int, int], None] | None = None,
     ) -> TurnOutput:
         """Handle one message; append it and the reply to ``session.history``.
 
@@ -126,6 +151,8 @@ class ChatService:
             session: this user's state (changed in place).
             text: the message.
             files: uploaded files (paths, or dicts with a ``path``); the first one is used.
+            progress: for an uploaded volume, called as ``progress(done_slices, total)`` while
+                its slices are encoded (0 first, then after each batch).
 
         Returns:
             The reply and what to show; never raises for bad input.
@@ -136,7 +163,7 @@ class ChatService:
         if text:
             user_content.append(text if len(text) <= 300 else text[:300] + "…")
         try:
-            out = self._turn(session, text, list(files or []), user_content)
+            out = self._turn(session, text, list(files or []), user_content, progress)
         except Exception as exc:  # the UI must get a reply, whatever failed
             log.exception("chat turn failed")
             out = TurnOutput(
@@ -147,12 +174,17 @@ class ChatService:
         return out
 
     def _turn(
-        self, session: ChatSession, text: str, files: list[Any], user_content: list[Any]
+        self,
+        session: ChatSession,
+        text: str,
+        files: list[Any],
+        user_content: list[Any],
+        progress: Callable[[int, int], None] | None = None,
     ) -> TurnOutput:
         notes: list[str] = []
         uploaded = bool(files)
         if uploaded:
-            failed = self._upload(session, files, user_content, notes)
+            failed = self._upload(session, files, user_content, notes, progress)
             if failed is not None:
                 return failed
         view = self._plain_view(session) if uploaded else {}
@@ -165,12 +197,17 @@ class ChatService:
                 **view,
             )
         intent = parse_message(text)
-        if intent.spacing is not None:
+        if intent.spacing is not None and session.is_volume:
+            notes.append(self._volume_spacing_note(session))
+        elif intent.spacing is not None:
             session.spacing = intent.spacing
             sp = intent.spacing
             notes.append(f"Using a pixel spacing of {sp[0]:g} × {sp[1]:g} mm.")
         if intent.note:
             notes.append(intent.note)
+        if uploaded and session.is_volume:  # what was loaded (the upload-only reply says it)
+            asks = intent.kind != "segment" or bool(intent.targets)
+            notes.extend(self._volume_notes(session, facts=asks))
         if intent.kind == "help":
             return TurnOutput(join_notes(notes, HELP_TEXT), **view)
         if not session.has_image:
@@ -179,39 +216,76 @@ class ChatService:
             return self._classify(session, intent, notes, view)
         if intent.kind == "similar":
             return self._similar(session, intent, notes, view)
+        if session.is_volume and intent.targets:
+            asked = measure_question(text)
+            if asked is not None:  # "how big is it?", "how many lesions?"
+                return self._measure(session, asked, notes, view)
         if not intent.targets:
             return TurnOutput(join_notes(notes, self._ask_for_target(session, uploaded)), **view)
         return self._segment(session, intent.targets, notes)
 
     def _upload(
-        self, session: ChatSession, files: list[Any], user_content: list[Any], notes: list[str]
+        self,
+        session: ChatSession,
+        files: list[Any],
+        user_content: list[Any],
+        notes: list[str],
+        progress: Callable[[int, int], None] | None = None,
     ) -> TurnOutput | None:
         """Encode the first file into the session; a reply when it is not a usable image."""
         path, name = file_path(files[0]), file_name(files[0])
         if len(files) > 1:
             notes.append(f"I can work on one image at a time, so I used {md_escape(name)}.")
+        volume = _is_volume_upload(path)
         try:
-            loaded = encode_image(
-                self.segmenter, session, path, max_pixels=self.max_pixels, name=name
-            )
-        except (ValueError, TypeError, FileNotFoundError, OSError) as exc:
+            if volume:
+                encode_volume(
+                    self.segmenter,
+                    session,
+                    path,
+                    max_voxels=self.max_voxels,
+                    name=name,
+                    progress=progress,
+                )
+            else:
+                loaded = encode_image(
+                    self.segmenter, session, path, max_pixels=self.max_pixels, name=name
+                )
+        except (ValueError, TypeError, FileNotFoundError, OSError, ImportError, MemoryError) as exc:
             kept = (
                 f" I kept the previous image ({md_escape(session.image_name)})."
                 if session.has_image
                 else ""
             )
-            why = readable_error(exc, path, name)
+            if isinstance(exc, MemoryError):
+                why = "it does not fit in this server's memory."
+            else:
+                why = _chat_wording(readable_error(exc, path, name))
+                why = why if why.rstrip().endswith((".", "!", "?")) else why.rstrip() + "."
             hint = "" if "Supported formats" in why else f" Supported formats: {SUPPORTED}."
+            what = "a volume" if volume else "an image"
             return TurnOutput(
-                f"I could not use **{md_escape(name)}** as an image: {why}{hint}"
+                f"I could not use **{md_escape(name)}** as {what}: {why}{hint}"
                 f"\n\nPlease try another file.{kept}"
             )
-        user_content.insert(0, self._thumbnail_file(session, loaded.display))
+        if volume:
+            display = session.volume_display
+            thumb = self._thumbnail_file(session, render.gray_to_rgb(display[len(display) // 2]))
+            user_content.insert(0, thumb)
+        else:
+            user_content.insert(0, self._thumbnail_file(session, loaded.display))
         return None
 
     def _ask_for_target(self, session: ChatSession, uploaded: bool) -> str:
         if not uploaded:
             return "What should I segment? For example *the hepatic lesion*. Type *help* for more."
+        if session.is_volume:
+            return (
+                f"Loaded **{md_escape(session.image_name)}**: {self._volume_facts(session)}. What "
+                "should I segment? For example *the liver*, *the hepatic lesion* or *both "
+                f"kidneys*; I will measure it in 3-D. Slices are numbered 0–{session.n_slices - 1} "
+                "in the file's order (the **Slice** slider)."
+            )
         h, w = session.image.size
         sp = session.effective_spacing
         spacing = f"pixel spacing {sp[0]:g} × {sp[1]:g} mm" if sp else "pixel spacing unknown"
@@ -220,8 +294,164 @@ class ChatService:
             "segment? For example *the liver*, *the hepatic lesion* or *both kidneys*."
         )
 
+    # -- volumes --------------------------------------------------------------------------
+    @staticmethod
+    def _volume_facts(session: ChatSession) -> str:
+        """"a volume of 6 slices of 64 × 64 px, voxels 2.5 mm apart with 0.8 × 0.8 mm pixels"."""
+        vol = session.volume
+        n, h, w = vol.values.shape
+        sp = vol.spacing
+        if sp is None:
+            spacing = "voxel spacing unknown, so sizes will be in voxels and pixels"
+        else:
+            spacing = f"slices {sp[0]:.3g} mm apart, pixels {sp[1]:.3g} × {sp[2]:.3g} mm"
+        return f"a volume of {n} slices of {w} × {h} px ({spacing})"
+
+    def _volume_notes(self, session: ChatSession, *, facts: bool = True) -> list[str]:
+        """Remarks on a volume just loaded: what it is (with ``facts``), and its geometry's
+        caveats."""
+        vol = session.volume
+        notes = []
+        if facts:
+            name = md_escape(session.image_name) + ": " if session.image_name else ""
+            notes.append(f"_Loaded {name}{self._volume_facts(session)}._")
+        gaps = vol.meta.get("slice_gaps_mm")
+        if vol.meta.get("irregular_spacing") and isinstance(gaps, dict):
+            notes.append(
+                f"_Caution: the slice gaps vary from {gaps['min']:g} to {gaps['max']:g} mm "
+                "(missing slices?), so volumes and lengths across slices are approximate._"
+            )
+        return notes
+
+    @staticmethod
+    def _volume_spacing_note(session: ChatSession) -> str:
+        sp = session.volume.spacing
+        if sp is None:
+            return (
+                "_A stated pixel spacing is not applied to a volume: its geometry comes from "
+                "the file, which gives none here, so sizes are in voxels and pixels._"
+            )
+        return (
+            "_A stated pixel spacing is not applied to a volume: I use the file's voxel "
+            f"spacing ({sp[0]:.3g} × {sp[1]:.3g} × {sp[2]:.3g} mm, slice × row × column)._"
+        )
+
+    def slice_view(self, session: ChatSession, index: float | int | None = None) -> TurnOutput:
+        """Slice ``index`` of the session's volume (default: the one shown) with the last
+        answer's outlines, for the slice slider; it becomes the slice shown. For a 2-D image
+        or no image: a TurnOutput that changes nothing."""
+        if session.volume_display is None:
+            return TurnOutput("")
+        fields = self._slice_fields(session, session.slice_index if index is None else index)
+        return TurnOutput("", view_changed=True, **fields)
+
+    def _slice_fields(self, session: ChatSession, index: float | int) -> dict[str, Any]:
+        display, overlay = session.volume_display, session.overlay  # one consistent snapshot
+        k = int(min(max(round(float(index)), 0), len(display) - 1))
+        session.slice_index = k
+        rgb = render.gray_to_rgb(display[k])
+        if overlay is None or not overlay.masks or overlay.masks[0].shape != display.shape:
+            base, _ = render.to_display(rgb)
+            return {"base": base}
+        base, small = render.to_display(rgb, [m[k] for m in overlay.masks])
+        return {
+            "base": base,
+            "annotations": list(zip(small, overlay.labels, strict=True)),
+            "colors": dict(zip(overlay.labels, overlay.colors, strict=True)),
+        }
+
+    @staticmethod
+    def _focus_slice(results: list[VolumeResult], masks: list[np.ndarray], current: int) -> int:
+        """The slice to show: where the first finding's longest diameter lies, else the slice
+        with the most of a tentative outline, else the one already shown."""
+        for r in results:
+            if r.present and r.diameter_slices:
+                return int(r.diameter_slices[0])
+        for m in masks:
+            per_slice = m.sum(axis=(1, 2))
+            if per_slice.any():
+                return int(np.argmax(per_slice))
+        return current
+
+    def _segment_volume(self, session: ChatSession, targets: Sequence[str], notes: list[str]):
+        vol = session.volume
+        results = segment_cached(self.segmenter, session, targets)
+        # Keep masks and measurements, not the float probabilities (4 bytes a voxel each).
+        session.results = [
+            dataclasses.replace(r, probs=np.empty((0,), np.float32)) for r in results
+        ]
+        labels = unique_labels([r.text for r in results])
+        colors = render.colors_for(labels)
+        masks = [vol.from_stored(r.mask) for r in results]  # S x H x W, like the display
+        shown = [
+            f"{label} ({short_measure_volume(r)})" for label, r in zip(labels, results, strict=True)
+        ]
+        session.overlay = VolumeOverlay(masks, shown, [colors[label] for label in labels])
+        k = self._focus_slice(results, masks, session.slice_index)
+        fields = self._slice_fields(session, k)
+        legend = [
+            f"{label}: {short_measure_volume(r)}" for label, r in zip(labels, results, strict=True)
+        ]
+        rgb = render.gray_to_rgb(session.volume_display[k])
+        overlay = render.render_overlay(rgb, [m[k] for m in masks], legend, list(colors.values()))
+        turn = self._turn_dir(session)
+        files = [
+            str(write_mask_nifti(turn / f"{render.slug(label)}_mask.nii.gz", r.mask, vol))
+            for label, r in zip(labels, results, strict=True)
+        ]
+        overlay_path = render.write_png(overlay, turn / f"overlay-slice-{k:04d}.png")
+        lines = [describe_volume(r) for r in results]
+        body = lines[0] if len(lines) == 1 else "\n".join(f"- {line}" for line in lines)
+        found = any(r.voxels for r in results)
+        body += (
+            f"\n\nShown: slice {k} (of 0–{len(vol) - 1}); move the **Slice** slider to see the "
+            "others. The mask downloads as NIfTI, aligned with your file."
+            if found
+            else f"\n\nShown: slice {k} (of 0–{len(vol) - 1})."
+        )
+        if found and vol.spacing is None and not session.spacing_hint_given:
+            session.spacing_hint_given = True
+            body += (
+                "\n\n_Sizes are in voxels and pixels because the file gives no voxel "
+                "spacing._"
+            )
+        caution = unfamiliar_note(results)
+        if caution:
+            body += "\n\n" + caution
+        return TurnOutput(
+            join_notes(notes, body),
+            view_changed=True,
+            **fields,
+            overlay=overlay,
+            overlay_path=str(overlay_path),
+            files=files,
+        )
+
+    def _measure(self, session: ChatSession, asked: str, notes: list[str], view: dict):
+        """A size or count question on a volume: from the last answer when it covers the
+        targets (no model run), else by segmenting them."""
+        last = [r for r in session.results if isinstance(r, VolumeResult)]
+        targets = split_targets(asked) if asked else tuple(r.text for r in last)
+        if not targets:
+            return TurnOutput(
+                join_notes(
+                    notes,
+                    "Which structure should I measure? For example *how big is the hepatic "
+                    "lesion?* or *how many hepatic lesions are there?*",
+                ),
+                **view,
+            )
+        known = {r.text.lower(): r for r in last}
+        if any(t.lower() not in known for t in targets):
+            return self._segment_volume(session, targets, notes)
+        lines = [describe_volume(known[t.lower()]) for t in targets]
+        body = lines[0] if len(lines) == 1 else "\n".join(f"- {line}" for line in lines)
+        return TurnOutput(join_notes(notes, body), **view)
+
     # -- intents --------------------------------------------------------------------------
     def _segment(self, session: ChatSession, targets: Sequence[str], notes: list[str]):
+        if session.is_volume:
+            return self._segment_volume(session, targets, notes)
         results = segment_cached(self.segmenter, session, targets)
         # Keep masks and measurements, not the H x W float probabilities (4 bytes a pixel each).
         session.results = [
@@ -289,10 +519,15 @@ class ChatService:
         lines.append(
             "_Probabilities are relative to the labels listed; zero-shot, not a diagnosis._"
         )
+        what = "volume" if session.is_volume else "image"
+        if session.is_volume:
+            lines.append(
+                "_The volume is classified as a whole: the mean of its slices' embeddings._"
+            )
         if self.segmenter.out_of_domain(session.encoded)[0]:
             lines.insert(
                 0,
-                "**Caution:** this image is unlike what this model was trained on, so these "
+                f"**Caution:** this {what} is unlike what this model was trained on, so these "
                 "probabilities are likely meaningless.",
             )
         return TurnOutput(join_notes(notes, "\n\n".join(lines)), **view)
@@ -352,6 +587,8 @@ class ChatService:
             return None
 
     def _plain_view(self, session: ChatSession) -> dict[str, Any]:
+        if session.is_volume:
+            return {"view_changed": True, **self._slice_fields(session, session.slice_index)}
         base, _ = render.to_display(session.image.display)
         return {"view_changed": True, "base": base}
 
@@ -375,7 +612,7 @@ class ChatService:
         try:
             return self.respond(session, text, [image] if image is not None else [])
         finally:
-            session.encoded = None
+            session.drop_image()
             if session.directory:
                 self._oneshot_dirs.append(session.directory)
             while len(self._oneshot_dirs) > 64:
@@ -384,6 +621,32 @@ class ChatService:
     def close(self) -> None:
         """Delete every file this service wrote."""
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _is_volume_upload(path: Any) -> bool:
+    """Whether an upload goes the volume way: a ``.zip``, a folder, a NIfTI of several slices
+    (header only). Anything that fails here is left to the 2-D loader's own message."""
+    try:
+        return path is not None and is_volume_source(path)
+    except Exception:
+        log.debug("is_volume_source failed on %r", path, exc_info=True)
+        return False
+
+
+_API_HINTS = (
+    # the readers' advice names library calls; in the chat, say what to upload instead
+    # (messages arrive markdown-escaped: "load\_image")
+    (re.compile(r";? ?use load\\?_image \(or model\.segment\) for one slice"), ". To segment "
+     "one slice, upload that .dcm file by itself"),
+    (re.compile(r"; for a 2-D image use vlseg\.data\.io\.load\\?_image \(or model\.segment on "
+                r"the image\)"), ""),
+)  # fmt: skip
+
+
+def _chat_wording(message: str) -> str:
+    for pattern, repl in _API_HINTS:
+        message = pattern.sub(repl, message)
+    return message
 
 
 def load_index(index: Any) -> Any:

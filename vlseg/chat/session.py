@@ -2,15 +2,17 @@
 
 A :class:`~vlseg.predictor.Segmenter` caches one image; a chat service serves many users with one
 model. So the service never uses the Segmenter's own cache: each :class:`ChatSession` keeps the
-:class:`~vlseg.inference.EncodedImage` that ``Segmenter.encode`` returned and passes it to
-``Segmenter.segment`` / ``Segmenter.classify``, so a chat answer is the library's answer on the
-same image and text, and a follow-up never re-runs the image encoder.
+:class:`~vlseg.inference.EncodedImage` that ``Segmenter.encode`` returned (or, for a CT/MR
+volume, the :class:`~vlseg.volume.EncodedVolume` of ``Segmenter.encode_volume``: every slice
+encoded once) and passes it to ``Segmenter.segment`` / ``Segmenter.classify``, so a chat answer
+is the library's answer on the same image and text, and a follow-up never re-runs the image
+encoder.
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,8 +20,25 @@ from typing import Any
 import numpy as np
 
 from vlseg.data.io import LoadedImage
+from vlseg.data.volume_io import DEFAULT_MAX_VOXELS, Volume, read_volume
 from vlseg.inference import ClassificationResult, EncodedImage, SegmentationResult
 from vlseg.predictor import Segmenter
+from vlseg.volume import EncodedVolume, VolumeResult
+
+
+@dataclass
+class VolumeOverlay:
+    """The last answer on a volume, ready to draw on any slice.
+
+    Attributes:
+        masks: one ``S x H x W`` bool mask per target, in display order (like ``Volume.values``).
+        labels: the annotation label of each mask (target and measurement).
+        colors: ``#rrggbb`` per mask.
+    """
+
+    masks: list[np.ndarray]
+    labels: list[str]
+    colors: list[str]
 
 
 @dataclass
@@ -27,30 +46,55 @@ class ChatSession:
     """One user's conversation; lives in ``gr.State``, never in the shared model.
 
     Attributes:
-        encoded: the current image after the image encoder (on the model's device), or None
-            before the first upload.
+        encoded: the current image after the image encoder (on the model's device): an
+            ``EncodedImage``, an ``EncodedVolume`` for a volume, or None before the first upload.
         image_name: file name shown in replies.
-        spacing: pixel spacing (row_mm, col_mm) the user stated; overrides the image's own.
-        results: the last segmentation results (``probs`` dropped to save memory).
+        spacing: pixel spacing (row_mm, col_mm) the user stated; overrides the image's own
+            (2-D images only: a volume's spacing is the file's).
+        results: the last segmentation results (``probs`` dropped to save memory):
+            ``SegmentationResult`` for an image, ``VolumeResult`` for a volume.
         history: the chat log in messages format (``{"role": ..., "content": ...}``).
         directory: where this session's files (overlays, masks) are written; None until needed.
         turns: messages handled so far (names each turn's files).
         spacing_hint_given: whether the reply already said that areas are in pixels only.
+        volume_display: a volume's slices for people, ``S x H x W`` uint8 in the file's own
+            window (``Volume.display_uint8``); None for a 2-D image.
+        overlay: the last answer on the volume, drawn on whichever slice is shown; or None.
+        slice_index: the volume slice shown (the slider's value).
     """
 
-    encoded: EncodedImage | None = None
+    encoded: EncodedImage | EncodedVolume | None = None
     image_name: str = ""
     spacing: tuple[float, float] | None = None
-    results: list[SegmentationResult] = field(default_factory=list)
+    results: list[SegmentationResult | VolumeResult] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
     directory: str | None = None
     turns: int = 0
     spacing_hint_given: bool = False
+    volume_display: np.ndarray | None = field(default=None, repr=False)
+    overlay: VolumeOverlay | None = field(default=None, repr=False)
+    slice_index: int = 0
 
     @property
     def image(self) -> LoadedImage | None:
-        """The current image as loaded (``rgb`` is what the model saw)."""
-        return None if self.encoded is None else self.encoded.images[0]
+        """The current 2-D image as loaded (``rgb`` is what the model saw); None for a volume."""
+        if self.encoded is None or isinstance(self.encoded, EncodedVolume):
+            return None
+        return self.encoded.images[0]
+
+    @property
+    def volume(self) -> Volume | None:
+        """The current volume (values, spacing, the file's shape and affine), or None."""
+        return self.encoded.volume if isinstance(self.encoded, EncodedVolume) else None
+
+    @property
+    def is_volume(self) -> bool:
+        return isinstance(self.encoded, EncodedVolume)
+
+    @property
+    def n_slices(self) -> int:
+        """Slices of the current volume; 0 for a 2-D image or none."""
+        return len(self.encoded) if isinstance(self.encoded, EncodedVolume) else 0
 
     @property
     def has_image(self) -> bool:
@@ -60,11 +104,17 @@ class ChatSession:
     def effective_spacing(self) -> tuple[float, float] | None:
         return self.spacing or (self.image.spacing if self.image is not None else None)
 
+    def drop_image(self) -> None:
+        """Forget the image or volume (features, display slices, results); files stay."""
+        self.encoded, self.results = None, []
+        self.volume_display, self.overlay, self.slice_index = None, None, 0
+
     def close(self) -> None:
         """Delete this session's files and drop the cached features."""
         if self.directory:
             shutil.rmtree(self.directory, ignore_errors=True)
-        self.directory, self.encoded, self.results = None, None, []
+        self.directory = None
+        self.drop_image()
 
 
 def encode_image(
@@ -79,23 +129,65 @@ def encode_image(
         ValueError, TypeError, FileNotFoundError: from :func:`vlseg.data.io.load_image`.
     """
     encoded = seg.encode(source, max_pixels=max_pixels)
+    session.drop_image()
     session.encoded, session.image_name = encoded, name
-    session.spacing, session.results, session.spacing_hint_given = None, [], False
+    session.spacing, session.spacing_hint_given = None, False
     return encoded.images[0]
 
 
+def encode_volume(
+    seg: Segmenter,
+    session: ChatSession,
+    source: Any,
+    *,
+    max_voxels: int = DEFAULT_MAX_VOXELS,
+    name: str = "",
+    progress: Callable[[int, int], None] | None = None,
+    batch_size: int = 32,
+) -> Volume:
+    """Read a volume (NIfTI, DICOM series folder or ``.zip``), run the image encoder once on
+    every slice, and cache the result in ``session``; the display slices are kept for viewing.
+
+    The session is changed only when reading and encoding succeed, so a bad upload keeps the
+    previous image or volume.
+
+    Args:
+        max_voxels: larger volumes are refused from their headers, before any pixel is read.
+        progress: called as ``progress(done_slices, total_slices)``: once with 0 before the
+            encoder starts, then after each batch.
+
+    Raises:
+        ValueError, TypeError, FileNotFoundError: from :func:`vlseg.data.volume_io.read_volume`
+            (a malformed series, a 4-D NIfTI, too many voxels, ...).
+    """
+    volume = read_volume(source, max_voxels=max_voxels)
+    display = volume.display_uint8()
+    if progress is not None:
+        progress(0, len(volume))
+    encoded = seg.encode_volume(volume, batch_size=batch_size, progress=progress)
+    session.drop_image()
+    session.encoded, session.image_name = encoded, name
+    session.spacing, session.spacing_hint_given = None, False
+    session.volume_display, session.slice_index = display, len(volume) // 2
+    return volume
+
+
 def segment_cached(seg: Segmenter, session: ChatSession, texts: Sequence[str]):
-    """``Segmenter.segment`` on the session's cached image: no image-encoder run.
+    """``Segmenter.segment`` on the session's cached image or volume: no image-encoder run.
 
     Returns:
-        One :class:`~vlseg.inference.SegmentationResult` per text.
+        One :class:`~vlseg.inference.SegmentationResult` per text (a
+        :class:`~vlseg.volume.VolumeResult` for a volume).
     """
     _require_image(session)
+    if session.is_volume:  # the volume's own spacing (the file's) gives the measurements
+        return seg.segment(session.encoded, list(texts))
     return seg.segment(session.encoded, list(texts), spacing=session.spacing)
 
 
 def image_embedding(session: ChatSession) -> np.ndarray:
-    """The session image's CLIP embedding, L2-normalised: (E,) float32, from the cache."""
+    """The session image's CLIP embedding, L2-normalised: (E,) float32, from the cache (for a
+    volume, the normalised mean of its slices' embeddings)."""
     _require_image(session)
     return session.encoded.embedding[0]
 
@@ -103,7 +195,8 @@ def image_embedding(session: ChatSession) -> np.ndarray:
 def classify_cached(
     seg: Segmenter, session: ChatSession, labels: Sequence[str] | None, templates: Any = None
 ) -> ClassificationResult:
-    """``Segmenter.classify`` on the session's cached image: no image-encoder run.
+    """``Segmenter.classify`` on the session's cached image: no image-encoder run (a volume is
+    classified by the mean of its slices' embeddings).
 
     Args:
         labels: at least two class names; None: the model's default labels.

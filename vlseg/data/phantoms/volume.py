@@ -14,8 +14,10 @@ look the 2-D phantoms (and the models trained on them) know. What makes it a vol
 * **Hepatic lesions as 3-D blobs** (0-3 per volume): a sphere-like blob of a radius in mm,
   centred on a slice where the liver is large and inside its eroded liver, cut by each slice into
   a cross-section of radius ``r * sqrt(1 - (dz / rz)**2)``; what is painted is the blob within the
-  liver. The lobe is the one of the centre slice. As in 2-D, a hyperdense lesion in the left lobe
-  only appears in ``test_heldout`` volumes, which always have one.
+  liver. In-plane radii are the 2-D ones; a radius is at least 1.6 slice spacings, so that every
+  lesion shows on three or more slices. The lobe is the one of the centre slice. As in 2-D, a
+  hyperdense lesion in the left lobe only appears in ``test_heldout`` volumes, which always have
+  one.
 * **Anisotropic voxels**: slice spacing 2.5-5 mm, in-plane spacing FOV / size with a field of view
   of 340-420 mm.
 
