@@ -211,9 +211,9 @@ def build_demo(
             "show_progress": "hidden",
         }
         box.submit(**turn, api_name="chat", show_progress="minimal").then(**sync)
-        ex.load_input_event.then(
-            **turn, api_visibility="private", show_progress="minimal"
-        ).then(**sync)
+        ex.load_input_event.then(**turn, api_visibility="private", show_progress="minimal").then(
+            **sync
+        )
         chatbot.clear(reset, [session], [chatbot, view, masks, session], api_name="reset").then(
             **sync
         )

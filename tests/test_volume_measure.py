@@ -76,3 +76,16 @@ def test_diagonal_neighbours_are_one_component():
     m = np.zeros((3, 3, 3), bool)
     m[0, 0, 0] = m[1, 1, 1] = m[2, 2, 2] = True
     assert remove_specks(m, 1)[2] == 1
+
+
+def test_flat_components_wider_than_two_slices_are_dropped():
+    from vlseg.volume import drop_flat_components
+
+    m = np.zeros((5, 40, 40), bool)
+    m[1:4, 2:12, 2:12] = True  # a real finding over three slices
+    m[2, 20:32, 20:32] = True  # 12 mm wide on one 3 mm slice: a false alarm
+    m[2, 35:37, 35:37] = True  # 2 mm wide on one slice: thinner than the slices, kept
+    _, labels, n = remove_specks(m, 1)
+    out, labels, n = drop_flat_components(m, labels, n, (3.0, 1.0, 1.0))
+    assert n == 2 and out[1:4, 2:12, 2:12].all() and not out[2, 20:32, 20:32].any()
+    assert out[2, 35:37, 35:37].all()

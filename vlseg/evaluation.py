@@ -223,6 +223,10 @@ def summarize_volume_rows(rows, scores, labels) -> dict[str, float]:
     )
     if any(labels) and not all(labels):
         out["presence_auroc"] = float(binary_auroc(np.array(scores), np.array(labels)))
+    for t in sorted({r["target"] for r in neg}):
+        out[f"present_on_negatives/{t}"] = float(
+            np.mean([r["present"] for r in neg if r["target"] == t])
+        )
     for t in sorted({r["target"] for r in pos}):
         out[f"dice/{t}"] = float(np.mean(finite("dice", [r for r in pos if r["target"] == t])))
         lesion = [r for r in pos if r["target"] == t]

@@ -131,7 +131,9 @@ def test_auth_is_required(server):
 def test_chat_volume_upload_measures_and_returns_a_nifti_mask(client, server, volume_files):
     seg = server["seg"]
     before = seg.encoder_calls
-    history, box, view, masks = _chat(client, "segment the hepatic lesion", volume_files["ct.nii.gz"])
+    history, box, view, masks = _chat(
+        client, "segment the hepatic lesion", volume_files["ct.nii.gz"]
+    )
     reply = _text(history)
     assert "**the hepatic lesion**: present: " in reply and " mL" in reply and " mm " in reply
     assert view is not None and masks and masks[0].endswith("_mask.nii.gz")

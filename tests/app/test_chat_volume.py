@@ -6,8 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vlseg.chat import ChatService, ChatSession
-from vlseg.chat import render
+from vlseg.chat import ChatService, ChatSession, render
 from vlseg.chat.intents import measure_question
 from vlseg.volume import VolumeResult
 
@@ -144,9 +143,7 @@ def test_size_and_count_questions_answer_from_the_last_result(service, volume_fi
     assert "Which structure should I measure?" in service.respond(empty, "how big?").reply
 
 
-def test_classify_a_volume_and_keep_the_out_of_domain_caution(
-    service, volume_files, monkeypatch
-):
+def test_classify_a_volume_and_keep_the_out_of_domain_caution(service, volume_files, monkeypatch):
     seg = service.segmenter
     session = ChatSession()
     service.respond(session, "", [str(volume_files["ct.nii.gz"])])
@@ -249,3 +246,51 @@ def test_app_slider_and_slice_handler(service, volume_files, phantom_pngs, tmp_p
         assert slice_slider(other).visible is False
     finally:
         demo.vlseg_service.close()
+
+
+def _result(**kw):
+    base = dict(
+        text="the hepatic lesion",
+        mask=np.zeros((2, 2, 2), bool),
+        probs=np.zeros((0,), np.float32),
+        score=0.93,
+        verdict="present",
+        volume_ml=14.2,
+        voxels=5000,
+        n_components=2,
+        component_volumes_ml=[9.1, 5.1],
+        diameters_mm=[(31.0, 24.5), (20.0, 18.0)],
+        diameter_slices=[17, 13],
+        slices=[12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 30],
+        slice_scores=np.zeros(40, np.float32),
+        spacing=(2.5, 0.8, 0.8),
+    )
+    base.update(kw)
+    return VolumeResult(**base)
+
+
+def test_volume_reply_wording():
+    from vlseg.chat.replies import describe_volume, short_measure_volume
+
+    assert describe_volume(_result()) == (
+        "**the hepatic lesion**: present: 2 separate regions, 14.2 mL in all (9.10 mL + "
+        "5.10 mL); largest 31.0 × 24.5 mm across (slice 17); on slices 12–21, 30 (presence 0.93)"
+    )
+    one = _result(n_components=1, component_volumes_ml=[14.2], diameters_mm=[(31.0, 24.5)])
+    assert "present: 1 region, 14.2 mL; 31.0 × 24.5 mm across (slice 17)" in describe_volume(one)
+    unknown = _result(spacing=None, volume_ml=None, component_volumes_ml=[3000.0, 2000.0])
+    assert "5,000 voxels in all (3,000 voxels + 2,000 voxels)" in describe_volume(unknown)
+    assert "31.0 × 24.5 px across" in describe_volume(unknown)
+    assert (
+        short_measure_volume(unknown) == "5,000 voxels" and short_measure_volume(one) == "14.2 mL"
+    )
+    absent = _result(verdict="absent", score=0.04, voxels=0)
+    assert describe_volume(absent) == "**the hepatic lesion**: not found (presence 0.04)"
+    unsure = _result(verdict="unsure", score=0.5, slices=[3, 4])
+    assert (
+        "unsure whether it is there (presence 0.50); a tentative outline covers 14.2 mL on "
+        "slices 3–4" in describe_volume(unsure)
+    )
+    ood = _result(verdict="out-of-domain", voxels=0)
+    assert "this volume is unlike what this model was trained on" in describe_volume(ood)
+    assert short_measure_volume(ood) == "out of domain"

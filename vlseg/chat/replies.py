@@ -172,9 +172,7 @@ def describe_volume(r: VolumeResult) -> str:
         unit = "mm" if r.spacing is not None else "px"
         long, short = r.diameters_mm[0]
         which = "largest " if n > 1 else ""
-        text += (
-            f"; {which}{long:.1f} × {short:.1f} {unit} across (slice {r.diameter_slices[0]})"
-        )
+        text += f"; {which}{long:.1f} × {short:.1f} {unit} across (slice {r.diameter_slices[0]})"
     return text + f"; on slices {slice_ranges(r.slices)} (presence {r.score:.2f})"
 
 

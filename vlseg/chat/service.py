@@ -297,7 +297,8 @@ class ChatService:
     # -- volumes --------------------------------------------------------------------------
     @staticmethod
     def _volume_facts(session: ChatSession) -> str:
-        """"a volume of 6 slices of 64 × 64 px, voxels 2.5 mm apart with 0.8 × 0.8 mm pixels"."""
+        """The volume in words: "a volume of 6 slices of 64 × 64 px (slices 2.5 mm apart, pixels
+        0.8 × 0.8 mm)"."""
         vol = session.volume
         n, h, w = vol.values.shape
         sp = vol.spacing
@@ -340,13 +341,16 @@ class ChatService:
         """Slice ``index`` of the session's volume (default: the one shown) with the last
         answer's outlines, for the slice slider; it becomes the slice shown. For a 2-D image
         or no image: a TurnOutput that changes nothing."""
-        if session.volume_display is None:
-            return TurnOutput("")
         fields = self._slice_fields(session, session.slice_index if index is None else index)
-        return TurnOutput("", view_changed=True, **fields)
+        return TurnOutput("", view_changed=True, **fields) if fields else TurnOutput("")
 
     def _slice_fields(self, session: ChatSession, index: float | int) -> dict[str, Any]:
-        display, overlay = session.volume_display, session.overlay  # one consistent snapshot
+        """The view of slice ``index`` (clamped; it becomes the slice shown): ``base`` and the
+        overlay's ``annotations`` and ``colors``; {} without a volume."""
+        # one snapshot: the slider may draw while a turn replaces the volume or the answer
+        display, overlay = session.volume_display, session.overlay
+        if display is None:
+            return {}
         k = int(min(max(round(float(index)), 0), len(display) - 1))
         session.slice_index = k
         rgb = render.gray_to_rgb(display[k])
@@ -411,10 +415,7 @@ class ChatService:
         )
         if found and vol.spacing is None and not session.spacing_hint_given:
             session.spacing_hint_given = True
-            body += (
-                "\n\n_Sizes are in voxels and pixels because the file gives no voxel "
-                "spacing._"
-            )
+            body += "\n\n_Sizes are in voxels and pixels because the file gives no voxel spacing._"
         caution = unfamiliar_note(results)
         if caution:
             body += "\n\n" + caution
