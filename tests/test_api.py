@@ -79,7 +79,9 @@ def test_bad_inputs_raise_clear_errors(seg, tmp_path):
     with pytest.raises(ValueError, match="not a readable image"):
         seg.segment(str(bad), "the liver")
     with pytest.raises(ValueError):
-        seg.segment(np.zeros((10, 10, 5), np.uint8), "the liver")
+        seg.segment(np.zeros((2, 10, 10, 5), np.uint8), "the liver")
+    # an S x H x W array whose last axis is not 1/3/4 channels is a volume, not a bad image
+    assert seg.segment(np.zeros((10, 10, 5), np.uint8), "the liver").mask.shape == (10, 10, 5)
     with pytest.raises(TypeError):
         seg.segment(object(), "the liver")
     with pytest.raises(ValueError, match="characters"):

@@ -25,10 +25,11 @@ def test_words_and_unfamiliar():
     ]  # fmt: skip
     assert words("hígado") == ["hígado"]  # decomposed accents are one word (NFC)
     vocab = vocabulary_of(["segment the liver", "the left kidney", "the liver"])
-    assert vocab == "kidney left liver segment"  # function words left out
+    assert vocab == "kidney left liver"  # function and request words left out
     known = parse(vocab)
     assert unfamiliar("I need a mask of the hepar, please", known) == ["hepar"]
-    assert unfamiliar("delineate the hepar and the Hepar", known) == ["delineate", "hepar"]
+    assert unfamiliar("delineate the hepar and the Hepar", known) == ["hepar"]
+    assert unfamiliar("outline the hepar and the lien", known) == ["hepar", "lien"]
     for ordinary in [
         "segment the liver",
         "I'd like a mask of the liver’s left kidney",
@@ -76,3 +77,21 @@ def test_shipped_default_records_its_training_vocabulary():
     seg = vlseg.load()
     assert {"liver", "spleen", "hyperdense", "melanoma"} <= seg.vocabulary
     assert not {"hepar", "lien"} & seg.vocabulary  # the held-out split's reserved words
+
+
+def test_a_prompt_with_no_known_content_word_is_unsure_not_present():
+    from vlseg.serving import ServingConfig
+    from vlseg.vocabulary import ungrounded
+
+    known = parse("liver kidney left right lesion")
+    assert ungrounded("segment the hepar", known)
+    assert ungrounded("where is the main artery?", known)
+    assert not ungrounded("the right-sided kidney", known)  # "kidney" is known
+    assert not ungrounded("please segment", known)  # names nothing
+    assert not ungrounded("segment the hepar", None)  # no vocabulary recorded
+    serving = ServingConfig()
+    assert serving.verdict(0.9, True, unfamiliar=True) == "unsure"
+    assert serving.verdict(0.9, True) == "present"
+    assert serving.verdict(0.1, False, unfamiliar=True) == "absent"
+    off = ServingConfig(unfamiliar_unsure=False)
+    assert off.verdict(0.9, True, unfamiliar=True) == "present"

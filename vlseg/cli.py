@@ -130,6 +130,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from vlseg.data.io import write_json
     from vlseg.data.manifest import ManifestDataset, read_manifest
     from vlseg.evaluation import evaluate, evaluate_volumes, is_volume_record
@@ -163,6 +165,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         ds = ManifestDataset(
             args.data, split, image_size=seg.image_size, mean=vis.mean, std=vis.std, prompt="all"
         )
+        flags: list[bool] = []
+
+        def flag(record, res, target, positive, flags=flags) -> None:
+            if res.unfamiliar:  # named the unfamiliar word and did not claim "present"
+                flags.append(res.verdict != "present")
+
         results[split] = evaluate(
             seg.model,
             ds,
@@ -171,8 +179,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             device=seg.device,
             serving=seg.serving,
             progress=True,
+            on_item=flag,
+            vocabulary=seg.vocabulary,
         )
         r = results[split]
+        if flags:
+            r["unfamiliar_flagged"] = float(np.mean(flags))
+            r["n_unfamiliar_answers"] = float(len(flags))
         print(
             f"{split}: dice {r['dice']:.4f}  mIoU {r['mIoU']:.4f}  oIoU {r['oIoU']:.4f}  "
             f"P@0.5 {r['prec@0.5']:.3f}  presence AUROC {r['presence_auroc']:.4f}  "
@@ -188,6 +201,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                     f"({100 * r['unfamiliar_fraction']:.0f}%) use words the model was not "
                     "trained on"
                 )
+            if flags:
+                print(
+                    f"  answers to them that name the word and do not claim 'present': "
+                    f"{100 * r['unfamiliar_flagged']:.1f}% of {len(flags)}"
+                )
     if args.out:
         write_json(args.out, {"model": str(args.model), "data": str(args.data), "results": results})
         print(f"wrote {args.out}")
@@ -200,6 +218,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     if (args.data is None) == (args.image is None):
         raise SystemExit("vlseg predict: give --image IMG --text T, or --data MANIFEST")
+    if args.image is not None and _is_dicom_seg_path(args.out):
+        _check_dicom_seg_input(args.image)  # before the model loads and the volume is encoded
     device = None
     if "LOCAL_RANK" in os.environ:  # under torchrun: one GPU per rank when there are GPUs
         import torch
@@ -249,16 +269,48 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_dicom_seg_path(out: str) -> bool:
+    return str(out).lower().endswith(".dcm")
+
+
+def _check_dicom_seg_input(image: str) -> None:
+    """``--out mask.dcm`` (a DICOM SEG) needs a DICOM series (a folder or .zip) and highdicom."""
+    from pathlib import Path
+
+    from vlseg.data.dicom_seg import SEG_NEEDS_SERIES
+    from vlseg.data.volume_io import is_volume_source
+
+    path = Path(image)
+    if not path.exists():
+        return  # the usual "no such file" comes later
+    if not (path.is_dir() or path.name.lower().endswith(".zip")):
+        out = "mask.nii.gz" if is_volume_source(path) else "mask.png"
+        raise SystemExit(
+            f"vlseg predict: {SEG_NEEDS_SERIES} (a folder or .zip of one); {image} is not one, "
+            f"so use --out {out}"
+        )
+    try:
+        import highdicom  # noqa: F401
+    except ImportError:
+        raise SystemExit(
+            "vlseg predict: writing a DICOM SEG needs the 'highdicom' package; install it with "
+            "`pip install vlseg[medical]`, or use --out mask.nii.gz"
+        ) from None
+
+
 def _predict_volume(seg, args: argparse.Namespace) -> int:
-    """``vlseg predict --image VOLUME --text T --out mask.nii.gz``: a 3-D answer."""
+    """``vlseg predict --image VOLUME --text T --out mask.nii.gz`` (or ``mask.dcm``, a DICOM SEG,
+    for a DICOM series): a 3-D answer."""
     from tqdm import tqdm
 
     from vlseg.data.volume_io import write_mask_nifti
 
-    if not str(args.out).lower().endswith((".nii", ".nii.gz")):
+    dicom_seg = _is_dicom_seg_path(args.out)
+    if not dicom_seg and not str(args.out).lower().endswith((".nii", ".nii.gz")):
         raise SystemExit(
             f"vlseg predict: {args.image} is a volume, so the mask is a volume too; give --out "
-            "a .nii.gz path, e.g. --out mask.nii.gz"
+            "a .nii.gz path, e.g. --out mask.nii.gz (or mask.dcm, a DICOM SEG, for a DICOM "
+            "series)"
         )
     with tqdm(desc="encoding slices", unit="slice", disable=args.quiet) as bar:
 
@@ -268,7 +320,15 @@ def _predict_volume(seg, args: argparse.Namespace) -> int:
 
         encoded = seg.encode_volume(args.image, progress=progress)
     res = seg.segment(encoded, args.text)
-    write_mask_nifti(args.out, res.mask, encoded.volume)
+    if dicom_seg:
+        from vlseg.data.dicom_seg import write_mask_dicom_seg
+
+        try:
+            write_mask_dicom_seg(args.out, res.mask, encoded.volume, label=args.text)
+        except ValueError as exc:
+            raise SystemExit(f"vlseg predict: {exc}") from None
+    else:
+        write_mask_nifti(args.out, res.mask, encoded.volume)
     print(f"{res.summary()}; mask written to {args.out}")
     for i, ((long, short), k) in enumerate(
         zip(res.diameters_mm, res.diameter_slices, strict=True), 1
@@ -609,7 +669,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         required=True,
         help="mask PNG at the image's resolution; for a volume (3-D NIfTI, DICOM series folder "
-        "or .zip) a .nii.gz with the input's shape and affine; with --data a directory",
+        "or .zip) a .nii.gz with the input's shape and affine, or for a DICOM series a .dcm: a "
+        "DICOM SEG referencing the series' slices; with --data a directory",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict)

@@ -32,6 +32,7 @@ def evaluate(
     progress: bool = False,
     on_item: Callable[..., None] | None = None,
     hd95: bool = True,
+    vocabulary=None,
 ) -> dict[str, float]:
     """Referring segmentation metrics over a dataset.
 
@@ -51,6 +52,8 @@ def evaluate(
         on_item: called as ``on_item(record, result, target, positive)`` for every scored
             expression (e.g. to break the metrics down by target).
         hd95: also compute HD95 (at the original resolution only; the slowest metric).
+        vocabulary: the model's training words (``Segmenter.vocabulary``): results then name
+            a prompt's unfamiliar words and answer "unsure" for them, as users get them.
     """
     serving = serving or ServingConfig()
     device = device or next(model.parameters()).device
@@ -72,6 +75,7 @@ def evaluate(
             encoded,
             serving,
             size=None if original_resolution else input_size,
+            vocabulary=vocabulary,
         )
         for j, res in enumerate(results):
             if original_resolution:

@@ -22,7 +22,7 @@ from scipy import ndimage
 from .data.io import LoadedImage
 from .modeling.vlseg import ImageFeatures, TextFeatures
 from .serving import ServingConfig
-from .vocabulary import unfamiliar
+from .vocabulary import unfamiliar, ungrounded
 
 VERDICTS = ("present", "absent", "unsure", "out-of-domain")
 
@@ -107,8 +107,9 @@ class SegmentationResult:
         score: calibrated presence probability in [0, 1] (is the described thing in the image
             at all).
         verdict: "present", "absent", "unsure" (the calibrated presence is in the checkpoint's
-            unsure band; ``mask`` is the tentative answer) or "out-of-domain" (the image is
-            unlike the model's training images; ``mask`` is empty).
+            unsure band, or none of the prompt's content words was in its training prompts;
+            ``mask`` is the tentative answer) or "out-of-domain" (the image is unlike the
+            model's training images; ``mask`` is empty).
         area_px: foreground pixels of ``mask``.
         area_mm2: area in mm^2 when the pixel spacing is known, else None.
         n_components: connected components (8-connectivity) of ``mask``.
@@ -118,6 +119,9 @@ class SegmentationResult:
             a pixel's probability is 0.5, 0 where it is 0 or 1.
         presence_logit: the raw presence logit (before calibration).
         ood_score: the image's out-of-domain score, or None when not known.
+        note: why a prompt naming one instance ("the second lesion from the top") got the
+            whole finding instead (``vlseg.referring``), e.g. "only one hepatic lesion was
+            found"; None otherwise.
     """
 
     text: str
@@ -131,6 +135,7 @@ class SegmentationResult:
     unfamiliar: list[str] = field(default_factory=list)
     presence_logit: float = float("nan")
     ood_score: float | None = None
+    note: str | None = None
 
     @property
     def uncertainty(self) -> np.ndarray:
@@ -151,7 +156,8 @@ class SegmentationResult:
             else ("not found" if self.verdict == "absent" else self.verdict)
         )
         new = f", unfamiliar words: {', '.join(self.unfamiliar)}" if self.unfamiliar else ""
-        return f"SegmentationResult({self.text!r}: {verdict}, score={self.score:.3f}{new})"
+        note = f", note: {self.note}" if self.note else ""
+        return f"SegmentationResult({self.text!r}: {verdict}, score={self.score:.3f}{new}{note})"
 
 
 @torch.no_grad()
@@ -349,7 +355,8 @@ def postprocess(
 
 def _result(text, probs, score, logit, ood, serving, spacing, vocabulary) -> SegmentationResult:
     mask = (probs > serving.threshold) & (score >= serving.threshold)
-    verdict = serving.verdict(score, bool(mask.any()), ood)
+    new_words = unfamiliar(text, vocabulary)
+    verdict = serving.verdict(score, bool(mask.any()), ood, unfamiliar=ungrounded(text, vocabulary))
     if verdict == "out-of-domain":
         mask = np.zeros_like(mask)
     area = int(mask.sum())
@@ -363,7 +370,7 @@ def _result(text, probs, score, logit, ood, serving, spacing, vocabulary) -> Seg
         area_px=area,
         area_mm2=mm2,
         n_components=count_components(mask),
-        unfamiliar=unfamiliar(text, vocabulary),
+        unfamiliar=new_words,
         presence_logit=logit,
         ood_score=ood,
     )

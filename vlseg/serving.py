@@ -49,6 +49,11 @@ class ServingConfig:
             "unsure" rather than present/absent; None: never unsure.
         ood_threshold: an image whose out-of-domain score (``vlseg.ood``) exceeds it is
             answered "out-of-domain"; None: not checked.
+        unfamiliar_unsure: a prompt none of whose content words the model's training prompts
+            used (a Latin synonym, a typo, a coined name: "segment the hepar";
+            ``vlseg.vocabulary.ungrounded``) is answered "unsure" instead of "present" (its mask
+            kept as the tentative answer): nothing in it was grounded in training. Only when
+            the model records its vocabulary.
     """
 
     threshold: float = 0.5
@@ -59,6 +64,7 @@ class ServingConfig:
     label_sets: dict[str, dict[str, Any]] = field(default_factory=dict)
     unsure: tuple[float, float] | None = None
     ood_threshold: float | None = None
+    unfamiliar_unsure: bool = True
 
     def __post_init__(self) -> None:
         if self.unsure is not None:
@@ -90,15 +96,26 @@ class ServingConfig:
                 raise ValueError(f"platt calibration needs 'a' and 'b', got {cal!r}")
         self.labels = [str(x) for x in self.labels]
 
-    def verdict(self, score: float, found: bool, ood_score: float | None = None) -> str:
+    def verdict(
+        self,
+        score: float,
+        found: bool,
+        ood_score: float | None = None,
+        *,
+        unfamiliar: bool = False,
+    ) -> str:
         """present / absent / unsure / out-of-domain for a calibrated presence probability,
-        whether the mask is non-empty, and the image's out-of-domain score."""
+        whether the mask is non-empty, the image's out-of-domain score, and whether none of the
+        prompt's content words was in the model's training prompts (``unfamiliar``)."""
         if ood_score is not None and self.ood_threshold is not None:
             if ood_score > self.ood_threshold:
                 return "out-of-domain"
         if self.unsure is not None and self.unsure[0] <= score < self.unsure[1]:
             return "unsure"
-        return "present" if score >= self.threshold and found else "absent"
+        present = score >= self.threshold and found
+        if present and unfamiliar and self.unfamiliar_unsure:
+            return "unsure"
+        return "present" if present else "absent"
 
     def calibrate(self, presence_logits):
         """Calibrated presence logits (same type and shape as the input: tensor or array)."""

@@ -19,8 +19,8 @@ import re
 import unicodedata
 from collections.abc import Iterable
 
-# Function words, the words of a request ("I'd like a mask of ...") and chat courtesies name no
-# target of their own: never reported as unfamiliar.
+# Function words, the words of a request ("I'd like a mask of ...", "delineate ..."), and chat
+# courtesies name no target of their own: never reported as unfamiliar.
 STOPWORDS = frozenset(
     """a an the of in on at to for from with within by and or but not no is are was were be
     there here this that these those it its me my mine i you your we our us he she they them
@@ -29,7 +29,10 @@ STOPWORDS = frozenset(
     only now again up out as about too well than then next same other another instead try
     need want like give get see let tell point mask masks segmentation region area image
     picture photo scan slice ct thank thanks hi hello ok okay yes sure i'd i'm i'll i've
-    can't don't won't doesn't isn't""".split()
+    can't don't won't doesn't isn't
+    segment delineate outline contour highlight show find locate mark draw identify display
+    depict indicate trace select extract detect label annotate circle visualize visualise
+    present absent visible""".split()
 )
 _TOKEN = re.compile(r"[^\s\-\u2010-\u2015,;:.!?()\[\]{}\"“”/\\+*=<>|&#@%~^`]+")
 
@@ -74,3 +77,14 @@ def unfamiliar(text: str, vocabulary: frozenset[str] | None) -> list[str]:
         if w not in vocabulary and w not in STOPWORDS and w not in out:
             out.append(w)
     return out
+
+
+def ungrounded(text: str, vocabulary: frozenset[str] | None) -> bool:
+    """True when ``text`` names something but none of its content words is in ``vocabulary``
+    ("segment the hepar", "where is the main artery?"): the model then has nothing it was
+    trained on to ground the prompt. A prompt with at least one known content word ("the
+    right-sided kidney") is grounded; so is every prompt when no vocabulary is recorded."""
+    if vocabulary is None:
+        return False
+    content = [w for w in words(text) if w not in STOPWORDS]
+    return bool(content) and not any(w in vocabulary for w in content)

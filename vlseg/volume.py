@@ -41,7 +41,7 @@ from .data.transforms import normalize
 from .data.volume_io import Volume
 from .inference import EncodedImage, decode, encode, mask_probabilities
 from .serving import ServingConfig
-from .vocabulary import unfamiliar
+from .vocabulary import unfamiliar, ungrounded
 
 __all__ = [
     "EncodedVolume",
@@ -119,6 +119,8 @@ class VolumeResult:
         spacing: (slice_mm, row_mm, col_mm) used for the measurements, or None.
         unfamiliar: words of ``text`` the model's training prompts never used.
         ood_score: the volume's out-of-domain score, or None.
+        note: why a prompt naming one instance ("the most superior lesion") got the whole
+            finding instead (``vlseg.referring``); None otherwise.
     """
 
     text: str
@@ -137,6 +139,7 @@ class VolumeResult:
     spacing: tuple[float, float, float] | None
     unfamiliar: list[str] = field(default_factory=list)
     ood_score: float | None = None
+    note: str | None = None
 
     @property
     def present(self) -> bool:
@@ -149,10 +152,12 @@ class VolumeResult:
         return (-(p * np.log2(p) + (1 - p) * np.log2(1 - p))).astype(np.float32)
 
     def summary(self) -> str:
-        """One line for people: verdict, volume, diameters, count, slices."""
+        """One line for people: verdict, volume, diameters, count, slices (and the note, when
+        set)."""
+        note = f" [{self.note}]" if self.note else ""
         if not self.present:
             word = {"absent": "not found"}.get(self.verdict, self.verdict)
-            return f"{self.text}: {word} (score {self.score:.2f})"
+            return f"{self.text}: {word} (score {self.score:.2f}){note}"
         unit = "mm" if self.spacing else "px"
         vol = f"{self.volume_ml:.1f} mL" if self.volume_ml is not None else f"{self.voxels} voxels"
         parts = [f"{self.text}: present, {vol}"]
@@ -161,7 +166,7 @@ class VolumeResult:
             parts.append(f"largest {long:.1f} x {short:.1f} {unit}")
         parts.append(f"{self.n_components} component(s)")
         parts.append(f"slices {_ranges(self.slices)}")
-        return ", ".join(parts) + f" (score {self.score:.2f})"
+        return ", ".join(parts) + f" (score {self.score:.2f}){note}"
 
     def __repr__(self) -> str:
         return f"VolumeResult({self.summary()})"
@@ -441,7 +446,10 @@ def segment_volume(
     mask, labels, n_comp = remove_specks(mask, min_vox)
     if sp is not None and n > 1:
         mask, labels, n_comp = drop_flat_components(mask, labels, n_comp, sp)
-    verdict = serving.verdict(score, bool(mask.any()), encoded.ood_score)
+    new_words = unfamiliar(text, vocabulary)
+    verdict = serving.verdict(
+        score, bool(mask.any()), encoded.ood_score, unfamiliar=ungrounded(text, vocabulary)
+    )
     if verdict == "out-of-domain":
         mask[:] = False
         labels[:] = 0
@@ -464,6 +472,6 @@ def segment_volume(
         slices=[int(k) for k in np.nonzero(mask.any((1, 2)))[0]],
         slice_scores=slice_scores,
         spacing=None if sp is None else tuple(float(v) for v in sp),
-        unfamiliar=unfamiliar(text, vocabulary),
+        unfamiliar=new_words,
         ood_score=encoded.ood_score,
     )

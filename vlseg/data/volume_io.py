@@ -14,7 +14,8 @@ Two views of the same voxels:
   is taken as already ``S x H x W`` in display order.
 - the *stored* array: the file's own array shape and voxel order (``Volume.shape``). Masks and
   probability maps go back to it with :meth:`Volume.to_stored` (an exact permutation/flip, no
-  interpolation), and :func:`write_mask_nifti` writes them with the volume's geometry.
+  interpolation), and :func:`write_mask_nifti` writes them with the volume's geometry (for a
+  DICOM series also :func:`vlseg.data.dicom_seg.write_mask_dicom_seg`: a DICOM SEG).
 
 Geometry. ``Volume.affine`` maps indices of the stored array to world millimetres in the NIfTI
 convention (RAS+: x to the patient's left->Right, y posterior->Anterior, z inferior->Superior):
@@ -127,7 +128,10 @@ class Volume:
             width) or None); ``n_files``; ``slice_axis`` (the stored axis the slices cut);
             ``orientation`` (how slices are shown); ``axcodes`` (the stored axes' RAS codes);
             for DICOM also ``slice_order``, ``slice_gaps_mm``, ``irregular_spacing``,
-            ``invert`` (MONOCHROME1), ``series_uid``, ``modality``, ...
+            ``invert`` (MONOCHROME1), ``series_uid``, ``modality``, ``files`` (slice ``k``'s
+            file: its path below the folder, or its member name in the ``.zip``, with
+            ``source`` the folder or ``.zip``), ``sop_instance_uids`` (slice ``k``'s
+            SOPInstanceUID, "" when the file has none), ...
         layout: how ``values`` is cut from the stored array (used by to_stored/from_stored).
         header: the source NIfTI header (copied into written masks), else None.
     """
@@ -662,6 +666,7 @@ class _Header:
     rows: int
     cols: int
     series_uid: str
+    sop_uid: str
     series_description: str
     modality: str
     photometric: str
@@ -711,6 +716,7 @@ def _read_header(members: Any, key: Any) -> _Header | None:
         rows=rows,
         cols=cols,
         series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
+        sop_uid=str(ds.get("SOPInstanceUID", "") or ""),
         series_description=str(ds.get("SeriesDescription", "") or ""),
         modality=str(ds.get("Modality", "") or ""),
         photometric=str(ds.get("PhotometricInterpretation", "") or ""),
@@ -934,6 +940,7 @@ def _read_dicom_series(members: Any, source: str, max_voxels: int) -> Volume:
             "series_description": first.series_description,
             "rescaled": rescaled,
             "files": [h.name for h in headers],
+            "sop_instance_uids": [h.sop_uid for h in headers],
         }
     )
     return Volume(values, spacing, (n, rows, cols), affine, source, meta)

@@ -23,6 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ...atomic import atomic_directory
+from . import language as lang
 from .ct import ct_caption, ct_targets, render_ct
 from .dermoscopy import CLASSES as DERM_CLASSES
 from .dermoscopy import derm_caption, derm_targets, render_dermoscopy
@@ -44,7 +45,7 @@ __all__ = [
 ]
 
 MODALITIES = ("ct", "dermoscopy")
-SPLITS = ("train", "val", "test", "test_heldout")
+SPLITS = ("train", "val", "test", "test_heldout", "test_unknown_words")
 _SPLIT_FRACTIONS = (("train", 0.8), ("val", 0.1), ("test", 0.1))
 
 
@@ -192,6 +193,14 @@ def _save_png(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array).save(path, format="PNG", optimize=False)
 
 
+def _record_split(split: str, prompts: list[str]) -> str:
+    """A held-out record whose prompts name the target with a word no text tower knows goes to
+    ``test_unknown_words`` (see ``language.UNKNOWN_WORD_NOUNS``)."""
+    if split == "test_heldout" and prompts and all(lang.uses_unknown_word(p) for p in prompts):
+        return "test_unknown_words"
+    return split
+
+
 def sample_records(sample: PhantomSample) -> list[dict]:
     """Manifest records of a sample: one per target, paths relative to the dataset root."""
     records = []
@@ -205,7 +214,7 @@ def sample_records(sample: PhantomSample) -> list[dict]:
                 "label": sample.label,
                 "modality": sample.modality,
                 "spacing": list(sample.spacing),
-                "split": sample.split,
+                "split": _record_split(sample.split, t.prompts),
                 "positive": t.positive,
                 "target": t.key,
                 "caption": sample.caption,

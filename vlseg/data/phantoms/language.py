@@ -33,6 +33,13 @@ FRAMES = {
     ],
 }
 
+# Held-out nouns that no offline text tower can ground: Latin anatomy ("hepar", "lien") and a
+# coined name for the dermoscopy ink mark. A prompt with one of them cannot be answered from
+# its words, so its records form their own split, ``test_unknown_words``, scored on whether the
+# answer flags the word and stops short of a confident "present"; ``test_heldout`` keeps the
+# paraphrases and unseen attribute combinations that a model can be expected to understand.
+UNKNOWN_WORD_NOUNS = ("the hepar", "the lien", "the marker line")
+
 # Noun phrases per target kind: (train phrasings, held-out phrasings).
 NOUNS: dict[str, tuple[list[str], list[str]]] = {
     "liver": (["the liver", "the hepatic parenchyma", "the whole liver"], ["the hepar"]),
@@ -132,6 +139,12 @@ def frame(rng: np.random.Generator, nouns: list[str], heldout: bool, k: int) -> 
         if len(out) == k:
             break
     return out
+
+
+def uses_unknown_word(prompt: str) -> bool:
+    """Whether a prompt names its target with one of :data:`UNKNOWN_WORD_NOUNS`."""
+    text = prompt.lower()
+    return any(noun in text for noun in UNKNOWN_WORD_NOUNS)
 
 
 def nouns(kind: str, heldout: bool) -> list[str]:
