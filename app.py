@@ -20,6 +20,7 @@ import argparse
 import logging
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from vlseg.chat import RESEARCH_NOTICE, ChatService, ChatSession, TurnOutput, load_index
+from vlseg.chat.intents import warm_up as warm_up_intents
 from vlseg.indexing import check_index_model
 from vlseg.predictor import Segmenter, load
 
@@ -104,6 +106,8 @@ def build_demo(
         examples_dir: where to render the example phantoms (default: a new temp directory).
     """
     service = ChatService(segmenter, index)
+    # load the sentence model that reads messages now, not on the first message
+    threading.Thread(target=warm_up_intents, name="vlseg-intents", daemon=True).start()
     examples = make_examples(examples_dir or tempfile.mkdtemp(prefix="vlseg-examples-"))
 
     def chat(message: dict | None, session: ChatSession | None, progress=gr.Progress()):

@@ -58,9 +58,13 @@ def test_similar(text, k):
     assert (intent.kind, intent.k) == ("similar", k)
 
 
-@pytest.mark.parametrize("text", ["help", "Help!", "?", "hello", "what can you do?"])
+@pytest.mark.parametrize("text", ["help", "Help!", "?", "what can you do?"])
 def test_help(text):
     assert parse_message(text).kind == "help"
+
+
+def test_hello_is_a_greeting():
+    assert parse_message("hello").kind == "greeting"
 
 
 def test_help_me_segment_is_a_segmentation():
@@ -104,3 +108,79 @@ def test_split_targets_doc_example():
 def test_non_str_message_is_a_type_error():
     with pytest.raises(TypeError, match="message must be str"):
         parse_message(None)
+
+
+def test_follow_ups_repeat_a_measurement():
+    assert parse_message("and the spleen?", previous="measure").kind == "measure"
+    assert parse_message("and the spleen?", previous="segment").kind == "segment"
+    assert parse_message("and the spleen?").targets == ("the spleen",)
+
+
+def test_a_message_that_only_negates_is_not_acted_on():
+    intent = parse_message("don't segment the liver")
+    assert intent.kind == "unknown" and "won't" in intent.note
+    assert parse_message("not the liver, the spleen").targets == ("the spleen",)
+
+
+def test_typo_corrections_are_noted_and_model_words_are_kept():
+    intent = parse_message("segmnet the livr")
+    assert intent.targets == ("the liver",) and "*livr* as *liver*" in intent.note
+    assert "segmnet" not in intent.note  # only corrections that reach a target are told
+    assert parse_message("segment the livr", vocabulary=["livr"]).targets == ("the livr",)
+    assert parse_message("the hepar").targets == ("the hepar",)  # not a typo of "heart"
+
+
+def test_measure_quantities():
+    cases = {
+        "how big is the liver?": "size",
+        "how many cysts?": "count",
+        "liver volume": "volume",
+        "area of the mole": "area",
+        "what's the diameter of the nodule?": "diameter",
+    }
+    for text, quantity in cases.items():
+        intent = parse_message(text)
+        assert (intent.kind, intent.measure) == ("measure", quantity), text
+
+
+def test_the_confidence_is_a_similarity():
+    sure = parse_message("segment the liver")
+    assert 0.5 < sure.confidence <= 1.5
+    assert parse_message("tell me a joke").confidence < sure.confidence
+
+
+def test_answers_to_did_you_mean():
+    from vlseg.chat.intents import answer_to_question
+
+    assert [answer_to_question(t) for t in ["yes", "Yes please", "1", "the second one", "no"]] == [
+        0,
+        0,
+        0,
+        1,
+        -1,
+    ]
+    assert answer_to_question("segment the liver") is None
+
+
+def test_without_the_sentence_model_the_grammar_reads_messages(monkeypatch):
+    from vlseg.chat import intents
+
+    monkeypatch.setattr(intents, "_exemplar_bank", lambda: None)
+    assert parse_message("how big is the liver?").targets == ("the liver",)
+    assert parse_message("find 3 similar cases").k == 3
+    assert parse_message("is it a melanoma or a nevus?").kind == "classify"
+    assert parse_message("help").kind == "help"
+    assert parse_message("the hepatic lesion").targets == ("the hepatic lesion",)
+
+
+def test_the_model_loads_once_and_examples_are_embedded_once(monkeypatch):
+    from vlseg.chat import intents, sentences
+
+    intents.warm_up()
+    calls = []
+    embed = sentences.embed
+    monkeypatch.setattr(sentences, "embed", lambda texts: calls.append(list(texts)) or embed(texts))
+    sentences.embed_one.cache_clear()
+    for text in ["segment the kidney", "how big is the kidney", "segment the kidney"]:
+        parse_message(text)
+    assert calls == [["segment the thing"], ["how big is the thing"]]  # one per new message

@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from vlseg.predictor import SegmentationResult
 from vlseg.volume import VolumeResult
 
@@ -29,7 +31,10 @@ HELP_TEXT = f"""I segment what you describe in a medical image and measure it.
 2. **Ask**, for example:
    - *segment the hepatic lesion*: the mask, its area and number of connected components,
      or "not found" when the model judges it absent;
-   - *the liver and both kidneys*: several targets at once (commas or "and");
+   - *the liver and both kidneys*: several targets at once (commas or "and"); follow up with
+     *and the spleen?*;
+   - *how big is the liver?* or *how many lesions are there?*: the same, answered as a size or
+     a count;
    - *what is this?* or *is it a melanoma or a nevus?*: zero-shot classification;
    - *find similar cases*: nearest cases in the case index (when one is loaded);
    - add *spacing 0.8 mm* to any message to get areas in mm² for images without it.
@@ -40,10 +45,34 @@ HELP_TEXT = f"""I segment what you describe in a medical image and measure it.
    slider to see any slice with the outline; the mask downloads as NIfTI, aligned with your
    file.
 
-Follow-up questions reuse the encoded image, so they are fast. Masks can be downloaded as PNG
-files at the image's own resolution (NIfTI for a volume).
+Follow-up questions reuse the encoded image, so they are fast; *start over* forgets the image.
+Masks can be downloaded as PNG files at the image's own resolution (NIfTI for a volume).
 
 _{RESEARCH_NOTICE}_"""
+
+GREETING_TEXT = (
+    "Hello! I segment and measure what you describe in a medical image. Upload an image with the "
+    "📎 button, then ask, e.g., *segment the liver* or *how big is the hepatic lesion?* Type "
+    "*help* for more."
+)
+GREETING_WITH_IMAGE_TEXT = (
+    "Hello! What should I look at in this image? For example *segment the liver*, *how many "
+    "lesions are there?* or *what is this?* Type *help* for more."
+)
+THANKS_TEXT = (
+    "You're welcome. Ask about another structure, or upload a new image whenever you like."
+)
+UNKNOWN_TEXT = (
+    "Sorry, I did not understand that. I can **segment** a structure (*segment the liver*), "
+    "**measure or count** it (*how big is the spleen?*, *how many lesions are there?*), "
+    "**classify** the image (*is it a melanoma or a nevus?*) and **find similar cases**. Type "
+    "*help* for more."
+)
+RESET_TEXT = (
+    "Done: I forgot the image and its results. Upload a new image with the 📎 button to start "
+    "again."
+)
+RESET_NO_IMAGE_TEXT = "There is no image to forget. Upload one with the 📎 button to start."
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
@@ -214,3 +243,67 @@ def readable_error(exc: Exception, path: Any, name: str) -> str:
         msg = msg.replace(str(path), name)
     msg = re.sub(r"(/[\w.\-]+)+/", "", msg)  # any other absolute directory
     return md_escape(msg[:400])
+
+
+def _phrase(items: tuple[str, ...] | list[str]) -> str:
+    """Items in italics, escaped, joined: *a*; *a* and *b*; *a*, *b* and *c*."""
+    quoted = [f"*{md_escape(x)}*" for x in items]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
+
+
+def reading_text(intent: Any) -> str:
+    """One reading of a message in words, for "Did you mean ...?": "segment *the liver*"."""
+    kind, targets = intent.kind, tuple(intent.targets)
+    if kind == "segment":
+        if getattr(intent, "inside", False) and len(targets) == 2:
+            return f"check whether {_phrase(targets[:1])} lies inside {_phrase(targets[1:])}"
+        return f"segment {_phrase(targets)}" if targets else "segment something in the image"
+    if kind == "measure":
+        what = {"count": "count", "volume": "measure the volume of", "area": "measure the area "
+                "of"}.get(intent.measure, "measure")  # fmt: skip
+        return f"{what} {_phrase(targets)}" if targets else f"{what} the last result"
+    if kind == "classify":
+        return (
+            f"classify the image as {' or '.join(f'*{md_escape(x)}*' for x in targets)}"
+            if targets
+            else "classify the image"
+        )
+    if kind == "similar":
+        return f"find the {intent.k} most similar cases"
+    if kind == "reset":
+        return "start over with a new image"
+    return {"help": "show the help"}.get(kind, kind)
+
+
+def clarify_text(readings: tuple[Any, ...] | list[Any]) -> str:
+    """ "Did you mean ...?" offering one or two readings."""
+    if len(readings) == 1:
+        return (
+            f"I'm not sure I understood. Did you mean: {reading_text(readings[0])}? Reply *yes* "
+            "to go ahead, or rephrase."
+        )
+    first, second = (reading_text(r) for r in readings[:2])
+    return (
+        f"I'm not sure I understood. Did you mean:\n\n1. {first}\n2. {second}\n\nReply *yes* "
+        "(or *1*) for the first, *2* for the second, or rephrase."
+    )
+
+
+def inside_text(inner: Any, outer: Any) -> str:
+    """Whether the finding ``inner`` lies inside ``outer``, from their masks (2-D or 3-D)."""
+    a, b = f"**{md_escape(inner.text)}**", f"**{md_escape(outer.text)}**"
+    if not inner.present:
+        return f"I did not find {a}, so I cannot say whether it lies inside {b}."
+    if not outer.present:
+        return f"I did not find {b}, so I cannot say whether {a} lies inside it."
+    m_in, m_out = np.asarray(inner.mask, bool), np.asarray(outer.mask, bool)
+    if m_in.shape != m_out.shape or not m_in.any():
+        return f"I cannot compare {a} with {b}."
+    share = float((m_in & m_out).sum()) / float(m_in.sum())
+    if share >= 0.9:
+        return f"Yes: {a} lies inside {b} ({share:.0%} of it is within the outline)."
+    if share >= 0.5:
+        return f"Mostly: {share:.0%} of {a} lies inside {b}."
+    if share > 0:
+        return f"Only partly: {share:.0%} of {a} lies inside {b}."
+    return f"No: {a} does not overlap {b}."

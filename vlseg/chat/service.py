@@ -35,16 +35,24 @@ from vlseg.predictor import Segmenter
 from vlseg.volume import VolumeResult
 
 from . import render
-from .intents import Intent, measure_question, parse_message, split_targets
+from .intents import Intent, answer_to_question, parse_message
 from .replies import (
+    GREETING_TEXT,
+    GREETING_WITH_IMAGE_TEXT,
     HELP_TEXT,
     NO_IMAGE_TEXT,
+    RESET_NO_IMAGE_TEXT,
+    RESET_TEXT,
     SUPPORTED,
+    THANKS_TEXT,
+    UNKNOWN_TEXT,
+    clarify_text,
     clean_text,
     describe,
     describe_volume,
     file_name,
     file_path,
+    inside_text,
     join_notes,
     md_escape,
     readable_error,
@@ -196,33 +204,83 @@ class ChatService:
                 "e.g. *the hepatic lesion*.",
                 **view,
             )
-        intent = parse_message(text)
+        intent = self._read(session, text)
         if intent.spacing is not None and session.is_volume:
             notes.append(self._volume_spacing_note(session))
         elif intent.spacing is not None:
             session.spacing = intent.spacing
             sp = intent.spacing
             notes.append(f"Using a pixel spacing of {sp[0]:g} × {sp[1]:g} mm.")
-        if intent.note:
+        if intent.note and intent.kind != "unknown":  # an unknown intent's note is its reply
             notes.append(intent.note)
         if uploaded and session.is_volume:  # what was loaded (the upload-only reply says it)
-            asks = intent.kind != "segment" or bool(intent.targets)
+            asks = intent.kind not in ("segment", "reset") or bool(intent.targets)
             notes.extend(self._volume_notes(session, facts=asks))
-        if intent.kind == "help":
-            return TurnOutput(join_notes(notes, HELP_TEXT), **view)
+        if intent.kind in ("segment", "measure", "classify", "similar"):
+            session.last_kind = intent.kind
+        talk = self._talk(session, intent, uploaded, notes, view)
+        if talk is not None:
+            return talk
         if not session.has_image:
             return TurnOutput(join_notes(notes, NO_IMAGE_TEXT))
         if intent.kind == "classify":
             return self._classify(session, intent, notes, view)
         if intent.kind == "similar":
             return self._similar(session, intent, notes, view)
-        if session.is_volume and intent.targets:
-            asked = measure_question(text)
-            if asked is not None:  # "how big is it?", "how many lesions?"
-                return self._measure(session, asked, notes, view)
+        if intent.kind == "measure":  # "how big is it?", "how many lesions?"
+            return self._measure(session, intent, notes, view)
         if not intent.targets:
             return TurnOutput(join_notes(notes, self._ask_for_target(session, uploaded)), **view)
-        return self._segment(session, intent.targets, notes)
+        return self._segment(session, intent.targets, notes, inside=intent.inside)
+
+    def _read(self, session: ChatSession, text: str) -> Intent:
+        """The message's intent; an answer to the last "Did you mean ...?" picks a reading."""
+        pending, session.pending = session.pending, ()
+        if pending:
+            choice = answer_to_question(text)
+            if choice is not None and choice < len(pending):
+                if choice < 0:  # "no"
+                    return Intent("unknown", note="OK. What would you like me to do instead?")
+                return pending[choice]
+        return parse_message(
+            text, previous=session.last_kind or None, vocabulary=self.segmenter.vocabulary
+        )
+
+    def _talk(
+        self, session: ChatSession, intent: Intent, uploaded: bool, notes: list[str], view: dict
+    ) -> TurnOutput | None:
+        """The reply to a message that asks for no model call (help, greetings, thanks, start
+        over, not understood, "Did you mean ...?"), or None."""
+        kind = intent.kind
+        if kind == "help":
+            return TurnOutput(join_notes(notes, HELP_TEXT), **view)
+        if kind == "greeting":
+            if uploaded:
+                return TurnOutput(
+                    join_notes(notes, "Hello! " + self._ask_for_target(session, uploaded)), **view
+                )
+            text = GREETING_WITH_IMAGE_TEXT if session.has_image else GREETING_TEXT
+            return TurnOutput(join_notes(notes, text), **view)
+        if kind == "thanks":
+            return TurnOutput(join_notes(notes, THANKS_TEXT), **view)
+        if kind == "reset":
+            if uploaded:  # "new image" sent with the new image: it is already loaded
+                ask = self._ask_for_target(session, uploaded)
+                return TurnOutput(join_notes(notes, ask), **view)
+            had = session.has_image
+            session.drop_image()
+            session.spacing, session.spacing_hint_given = None, False
+            out = TurnOutput(RESET_TEXT if had else RESET_NO_IMAGE_TEXT)
+            if had:  # clear the annotated view and the mask files
+                out.view_changed = True
+            return out
+        if kind == "unknown":
+            # a note says why ("no" to "Did you mean ...?", "don't segment the liver")
+            return TurnOutput(join_notes(notes, intent.note or UNKNOWN_TEXT), **view)
+        if kind == "clarify":
+            session.pending = intent.alternatives
+            return TurnOutput(join_notes(notes, clarify_text(intent.alternatives)), **view)
+        return None
 
     def _upload(
         self,
@@ -428,11 +486,12 @@ class ChatService:
             files=files,
         )
 
-    def _measure(self, session: ChatSession, asked: str, notes: list[str], view: dict):
-        """A size or count question on a volume: from the last answer when it covers the
-        targets (no model run), else by segmenting them."""
-        last = [r for r in session.results if isinstance(r, VolumeResult)]
-        targets = split_targets(asked) if asked else tuple(r.text for r in last)
+    def _measure(self, session: ChatSession, intent: Intent, notes: list[str], view: dict):
+        """A size or count question: from the last answer when it covers the targets (no model
+        run), else by segmenting the targets (never the question's words)."""
+        volume = session.is_volume
+        last = [r for r in session.results if isinstance(r, VolumeResult) == volume]
+        targets = intent.targets or tuple(r.text for r in last)
         if not targets:
             return TurnOutput(
                 join_notes(
@@ -442,15 +501,36 @@ class ChatService:
                 ),
                 **view,
             )
+        if intent.measure == "volume" and not volume:
+            notes.append(
+                "_This is a 2-D image, so I give the area; for a volume in mL, upload the scan as "
+                "a 3-D NIfTI or a .zip of its DICOM series._"
+            )
         known = {r.text.lower(): r for r in last}
         if any(t.lower() not in known for t in targets):
-            return self._segment_volume(session, targets, notes)
-        lines = [describe_volume(known[t.lower()]) for t in targets]
+            return self._segment(session, targets, notes)
+        lines = [(describe_volume if volume else describe)(known[t.lower()]) for t in targets]
         body = lines[0] if len(lines) == 1 else "\n".join(f"- {line}" for line in lines)
         return TurnOutput(join_notes(notes, body), **view)
 
     # -- intents --------------------------------------------------------------------------
-    def _segment(self, session: ChatSession, targets: Sequence[str], notes: list[str]):
+    def _segment(
+        self,
+        session: ChatSession,
+        targets: Sequence[str],
+        notes: list[str],
+        *,
+        inside: bool = False,
+    ):
+        """Segment ``targets``; with ``inside`` (two targets), also say whether the first lies
+        inside the second ("is this lesion in the liver?")."""
+        out = self._segment_targets(session, targets, notes)
+        if inside and len(session.results) == 2:
+            answer = inside_text(*session.results)
+            out.reply = f"{answer}\n\n{out.reply}"
+        return out
+
+    def _segment_targets(self, session: ChatSession, targets: Sequence[str], notes: list[str]):
         if session.is_volume:
             return self._segment_volume(session, targets, notes)
         results = segment_cached(self.segmenter, session, targets)

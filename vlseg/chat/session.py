@@ -61,6 +61,10 @@ class ChatSession:
             window (``Volume.display_uint8``); None for a 2-D image.
         overlay: the last answer on the volume, drawn on whichever slice is shown; or None.
         slice_index: the volume slice shown (the slider's value).
+        last_kind: the kind of the last intent acted on (follow-ups such as "and the spleen?"
+            repeat a measurement), or "".
+        pending: the readings offered by the last "Did you mean ...?" (an answer such as
+            "yes" picks one), or ().
     """
 
     encoded: EncodedImage | EncodedVolume | None = None
@@ -74,6 +78,8 @@ class ChatSession:
     volume_display: np.ndarray | None = field(default=None, repr=False)
     overlay: VolumeOverlay | None = field(default=None, repr=False)
     slice_index: int = 0
+    last_kind: str = ""
+    pending: tuple[Any, ...] = ()
 
     @property
     def image(self) -> LoadedImage | None:
@@ -107,6 +113,7 @@ class ChatSession:
     def drop_image(self) -> None:
         """Forget the image or volume (features, display slices, results); files stay."""
         self.encoded, self.results = None, []
+        self.last_kind, self.pending = "", ()
         self.volume_display, self.overlay, self.slice_index = None, None, 0
 
     def close(self) -> None:
