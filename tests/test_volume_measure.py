@@ -89,3 +89,19 @@ def test_flat_components_wider_than_two_slices_are_dropped():
     out, labels, n = drop_flat_components(m, labels, n, (3.0, 1.0, 1.0))
     assert n == 2 and out[1:4, 2:12, 2:12].all() and not out[2, 20:32, 20:32].any()
     assert out[2, 35:37, 35:37].all()
+
+
+def test_smoothing_over_slices_mixes_neighbours_and_keeps_constant_stacks():
+    import torch
+
+    from vlseg.volume import smooth_over_slices, z_smoothing_weight
+
+    flat = torch.full((4, 1, 2, 2), 3.0)
+    assert torch.allclose(smooth_over_slices(flat, 0.25), flat)
+    spike = torch.zeros(5, 1, 1, 1)
+    spike[2] = 4.0
+    out = smooth_over_slices(spike, 0.25)[:, 0, 0, 0].tolist()
+    assert out == pytest.approx([0.0, 1.0, 2.0, 1.0, 0.0])
+    assert z_smoothing_weight(None, 256, 32) == 0.0
+    assert z_smoothing_weight((5.0, 1.5, 1.5), 256, 32) == pytest.approx(0.25)  # 12 mm cells
+    assert z_smoothing_weight((24.0, 1.5, 1.5), 256, 32) == pytest.approx(0.125)
