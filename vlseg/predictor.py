@@ -36,6 +36,7 @@ from .inference import (
 )
 from .modeling.vlseg import VLSegModel
 from .ood import OODDetector
+from .referring import Selector, parse_selector, resolve
 from .serving import ServingConfig, serving_of
 from .vocabulary import parse
 from .volume import EncodedVolume, VolumeResult, encode_volume, segment_volume
@@ -102,7 +103,15 @@ class Segmenter:
 
     Prompts' text features are cached (``text_cache``); after changing the model's weights in
     place, call ``text_cache.clear()``.
+
+    A prompt naming one instance of a target ("the largest hepatic lesion", "the second lesion
+    from the top", "the lesion nearest the aorta", "the most superior lesion") is answered by
+    segmenting the target ("the hepatic lesions", and "the aorta") on the same encoded image
+    and keeping one connected component (:mod:`vlseg.referring`); set ``referring = False`` to
+    send every prompt to the model as it is.
     """
+
+    referring: bool = True
 
     def __init__(
         self,
@@ -410,7 +419,10 @@ class Segmenter:
                 DICOM series directory or ``.zip``, an S x H x W array, a ``Volume`` or an
                 ``EncodedVolume``) is answered in 3-D (:class:`VolumeResult`) and, given as
                 a source, cached as by :meth:`set_image`.
-            text: a description or a list of descriptions.
+            text: a description or a list of descriptions. One naming a single instance ("the
+                largest hepatic lesion", "the lesion nearest the aorta") is resolved over the
+                components of the target (:mod:`vlseg.referring`; ``referring = False`` turns
+                that off); its ``note`` says when there were too few to choose from.
             spacing: pixel spacing (row_mm, col_mm) overriding the image's own, for mm^2; for
                 a volume (slice_mm, row_mm, col_mm), e.g. for an array.
 
@@ -420,20 +432,20 @@ class Segmenter:
         """
         texts, single_text = _check_texts(text)
         encoded, many = self._resolve(image, spacing=spacing)
+        selectors = [parse_selector(t) if self.referring else None for t in texts]
         if isinstance(encoded, EncodedVolume):
             with self._serialised():
                 out = [
-                    segment_volume(
-                        self.model,
-                        encoded,
-                        t,
-                        self.serving,
-                        text_cache=self.text_cache,
-                        vocabulary=self.vocabulary,
-                    )
-                    for t in texts
+                    self._segment_volume(encoded, t)
+                    if sel is None
+                    else self._referred_volume(encoded, sel)
+                    for t, sel in zip(texts, selectors, strict=True)
                 ]
             return out[0] if single_text else out
+        if any(selectors):
+            per_image = self._referred_images(encoded, texts, selectors, spacing)
+            out = [r[0] if single_text else r for r in per_image]
+            return out if many else out[0]
         n = len(encoded)
         rows = [i for i in range(n) for _ in texts]
         decoded = self.decode(encoded, texts * n, rows)
@@ -441,6 +453,63 @@ class Segmenter:
         per_image = [res[i * len(texts) : (i + 1) * len(texts)] for i in range(n)]
         out = [r[0] if single_text else r for r in per_image]
         return out if many else out[0]
+
+    def _segment_volume(self, encoded: EncodedVolume, text: str) -> VolumeResult:
+        return segment_volume(
+            self.model,
+            encoded,
+            text,
+            self.serving,
+            text_cache=self.text_cache,
+            vocabulary=self.vocabulary,
+        )
+
+    def _referred_volume(self, encoded: EncodedVolume, sel: Selector) -> VolumeResult:
+        """One instance of ``sel.base`` in a volume, among the components the singular
+        phrasing supports too (see :func:`vlseg.referring.resolve`); decoder runs only, and
+        each prompt's outputs are kept on the volume, so asking again costs nothing."""
+        base = self._segment_volume(encoded, sel.base)
+        one = self._segment_volume(encoded, sel.singular) if sel.singular else None
+        ref = None if sel.reference is None else self._segment_volume(encoded, sel.reference)
+        organ = None if sel.within is None else self._segment_volume(encoded, sel.within)
+        return resolve(base, sel, ref, within=organ, support=one, volume=encoded.volume)
+
+    def _referred_images(
+        self,
+        encoded: EncodedImage,
+        texts: list[str],
+        selectors: list[Selector | None],
+        spacing,
+    ) -> list[list[SegmentationResult]]:
+        """Answers on each image when some prompts name one instance: their base prompts (and
+        references and organs) are decoded with the others in one batch, then resolved."""
+        prompts = [t if sel is None else sel.base for t, sel in zip(texts, selectors, strict=True)]
+        extra: list[str] = []
+        for sel in selectors:
+            if sel is None:
+                continue
+            for p in (sel.reference, sel.within):
+                if p is not None and p not in prompts and p not in extra:
+                    extra.append(p)
+        asked = prompts + extra
+        n, k = len(encoded), len(asked)
+        decoded = self.decode(encoded, asked * n, [i for i in range(n) for _ in asked])
+        res = self.postprocess(decoded, encoded, spacing=spacing)
+        out = []
+        for i in range(n):
+            row = res[i * k : (i + 1) * k]
+            by = {p: r for p, r in zip(asked, row, strict=True)}
+            sp = spacing or encoded.spacings[i]
+            answers = []
+            for j, sel in enumerate(selectors):
+                if sel is None:
+                    answers.append(row[j])
+                    continue
+                ref = None if sel.reference is None else by[sel.reference]
+                organ = None if sel.within is None else by[sel.within]
+                answers.append(resolve(row[j], sel, ref, within=organ, spacing=sp))
+            out.append(answers)
+        return out
 
 
 def is_volume(source, spacing=None) -> bool:
