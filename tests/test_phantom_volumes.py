@@ -13,6 +13,7 @@ from vlseg.data.phantoms.volume import (
     read_nifti_volume,
     render_ct_volume,
     write_dicom_series,
+    write_slice_dataset,
     write_volume_dataset,
 )
 
@@ -265,3 +266,25 @@ def test_cli_volumes(tmp_path, capsys):
         cli_main(["phantoms", "--volumes", "--modality", "dermoscopy", "--out", str(out)])
     with pytest.raises(SystemExit, match="--volumes"):
         cli_main(["phantoms", "--dicom", "--out", str(tmp_path / "x")])
+
+
+def test_slice_dataset_is_every_slice_of_each_volume(tmp_path):
+    from vlseg.data.manifest import read_manifest
+
+    out = write_slice_dataset(tmp_path / "s", 2, 7, quiet=True, **SMALL)
+    records = read_manifest(out)
+    assert {r.extra["sample"] for r in records} == {
+        f"vol_000{i}_s{k:03d}" for i in (0, 1) for k in range(8)
+    }
+    for i in (0, 1):
+        v = render_ct_volume(7, i, prompts_per_target=4, **SMALL)
+        spleen = {r.extra["sample"]: r.positive for r in records if r.target == "spleen"
+                  and r.extra["sample"].startswith(v.id)}  # fmt: skip
+        assert spleen == {
+            f"{v.id}_s{k:03d}": bool(v.object("spleen").mask[k].any()) for k in range(8)
+        }
+        assert {r.split for r in records if r.extra["sample"].startswith(v.id)} == {v.split}
+    assert json.loads((out / "dataset.json").read_text())["kind"] == "volume-slices"
+    args = ["phantoms", "--volumes", "--as-slices", "--out", str(tmp_path / "c"), "--n", "1"]
+    assert cli_main([*args, "--slices", "3", "--size", "64", "--quiet"]) == 0
+    assert len(list((tmp_path / "c" / "images").iterdir())) == 3

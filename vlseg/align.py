@@ -11,26 +11,48 @@ instead of average pooling + linear): ``model`` names the config to build, ``ini
 checkpoint that provides every other weight.
 
 The loop draws batches from the cached features; its schedule, optimizer step, ``metrics.jsonl``
-and ``best/`` checkpoint are those of ``vlseg train`` (:mod:`vlseg.training`).
+and ``best/`` checkpoint are those of ``vlseg train`` (:mod:`vlseg.training`). The checkpoint
+keeps ``init``'s serving settings and out-of-domain fit (``ood.safetensors``): both are computed
+from parts that alignment does not touch (the decoder, the multi-scale maps).
+
+Wording-robust alignment (``paraphrases: N``): each image is paired with ``N`` captions from
+:mod:`vlseg.paraphrase` (what its records state, in varied wording) besides its manifest caption;
+every step draws one of them per image (the manifest caption with probability
+``original_frac``), or the mean embedding of ``paraphrase_average`` of them. Images whose facts
+are identical, and images drawn with the same text, count as positives of each other. With
+``hard_negatives: H`` each image also gets one of ``H`` contradicting captions of its own
+modality (another lesion class, the other hepatic label, an organ in / out of the slice) as an
+extra negative in its image-to-text row. The text tower is frozen, so every caption is embedded
+once before training. Validation then also scores zero-shot classification with the generator's
+own class phrasings (modality, dermoscopy class, hepatic lesion, spleen on the slice), and
+``best/`` is the step with the best mean of that and the retrieval recall.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
 from tqdm import tqdm
 
-from .atomic import write_json
+from .atomic import atomic_write, write_json
 from .checkpoint import load_checkpoint, resolve, save_checkpoint
 from .config import load_yaml, save_yaml, to_dict
 from .data.io import load_image
-from .data.manifest import captioned_images
+from .data.manifest import captioned_images, read_manifest
 from .losses import clip_loss
+from .metrics import balanced_accuracy, binary_auroc, top1_accuracy
+from .ood import OOD_FILE
+from .paraphrase import Paraphraser, caption_pool, image_facts
 from .registry import model_config
 from .training import Checkpointer, MetricsLog, optimizer_step, warmup_cosine
 
@@ -57,19 +79,24 @@ class AlignConfig:
     encode_batch: int = 64
     seed: int = 0
     device: str | None = None
+    extra_data: list[str] = field(default_factory=list)  # more datasets (their split/val_split)
+    paraphrases: int = 0  # captions per image from vlseg.paraphrase; 0 = manifest captions only
+    paraphrase_seed: int = 0
+    paraphrase_average: int = 1  # mean of this many paraphrase embeddings per image and step
+    original_frac: float = 0.25  # probability of drawing the manifest caption itself
+    hard_negatives: int = 0  # contradicting captions per image (one drawn per step); 0 = none
+    caption_cache: str | None = None  # .safetensors reused across runs for paraphrase embeddings
 
 
 def _build(cfg: AlignConfig):
-    """(model, model config, recorded vocabulary): ``model``'s architecture with ``init``'s
+    """(model, model config, checkpoint metadata): ``model``'s architecture with ``init``'s
     weights outside the head."""
     if cfg.init is None:
         if cfg.model is None:
             raise ValueError("set init (a checkpoint dir) or model (a registered name)")
-        model, mcfg, meta = resolve(cfg.model, allow_untrained=True)
-        return model, mcfg, meta.get("vocabulary")
+        return resolve(cfg.model, allow_untrained=True)
     overrides = None if cfg.model is None else to_dict(model_config(cfg.model))
-    model, mcfg, meta = load_checkpoint(cfg.init, overrides=overrides, rebuild=(HEAD,))
-    return model, mcfg, meta.get("vocabulary")
+    return load_checkpoint(cfg.init, overrides=overrides, rebuild=(HEAD,))
 
 
 def _vision_head(model) -> torch.nn.Module:
@@ -107,13 +134,58 @@ def _head_inputs(model, images: list[Path], image_size: int, cfg: AlignConfig, d
 
 
 @torch.no_grad()
-def _caption_embeddings(model, captions: list[str], device) -> torch.Tensor:
+def _caption_embeddings(model, captions: list[str], device, progress: bool = False):
+    """L2-normalised text embeddings, in batches of similar length (padding costs time)."""
+    if not captions:
+        return torch.zeros(0, 0)
+    order = sorted(range(len(captions)), key=lambda i: len(captions[i]))
     embs = []
-    for s in range(0, len(captions), 256):
-        tok = model.text.tokenize(captions[s : s + 256])
+    starts = range(0, len(captions), 256)
+    for s in tqdm(starts, desc="captions", unit="batch", disable=not progress):
+        tok = model.text.tokenize([captions[i] for i in order[s : s + 256]])
         e = model.encode_text(tok["ids"].to(device), tok["mask"].to(device)).embedding
         embs.append(F.normalize(e.float(), dim=-1).cpu())
-    return torch.cat(embs)
+    out = torch.empty(len(captions), embs[0].shape[1])
+    out[torch.tensor(order)] = torch.cat(embs)
+    return out
+
+
+def _text_fingerprint(model) -> str:
+    """A hash of the text tower's weights: cached caption embeddings are valid for it alone."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.text.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _cached_caption_embeddings(model, texts: list[str], device, cache: str | None):
+    """`_caption_embeddings` through an on-disk cache (``cache``: a ``.safetensors`` file of
+    embeddings with the texts and the text tower's fingerprint in its metadata): the text tower
+    is frozen, so a rerun embeds only texts it has not seen."""
+    if not cache:
+        return _caption_embeddings(model, texts, device, progress=True)
+    path, known = Path(cache), {}
+    fingerprint = _text_fingerprint(model)
+    if path.is_file():
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("fingerprint") == fingerprint:
+                old = f.get_tensor("embeddings")
+                known = {t: old[i] for i, t in enumerate(json.loads(meta["texts"]))}
+    missing = [t for t in dict.fromkeys(texts) if t not in known]
+    if missing:
+        new = _caption_embeddings(model, missing, device, progress=True)
+        known.update(zip(missing, new, strict=True))
+        names = list(known)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path) as tmp:
+            save_file(
+                {"embeddings": torch.stack([known[t] for t in names]).contiguous()},
+                str(tmp),
+                metadata={"fingerprint": fingerprint, "texts": json.dumps(names)},
+            )
+    return torch.stack([known[t] for t in texts]) if texts else torch.zeros(0)
 
 
 def recall_at_k(img: torch.Tensor, txt: torch.Tensor, cap_of_img: torch.Tensor, k: int) -> dict:
@@ -138,7 +210,13 @@ def align(cfg: AlignConfig) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(to_dict(cfg), out / "align_config.yaml")
-    model, mcfg, vocabulary = _build(cfg)
+    if cfg.paraphrases < 0 or cfg.hard_negatives < 0 or cfg.paraphrase_average < 1:
+        raise ValueError("paraphrases and hard_negatives must be >= 0, paraphrase_average >= 1")
+    if not 0.0 <= cfg.original_frac <= 1.0:
+        raise ValueError(f"original_frac={cfg.original_frac} must be in [0, 1]")
+    if cfg.hard_negatives and not cfg.paraphrases:
+        raise ValueError("hard_negatives needs paraphrases (the generator writes them)")
+    model, mcfg, init_meta = _build(cfg)
     model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -147,21 +225,30 @@ def align(cfg: AlignConfig) -> Path:
     for p in params:
         p.requires_grad_(True)
 
+    datasets = [cfg.data, *cfg.extra_data]
     splits = {}
     for name in (cfg.split, cfg.val_split):
-        pairs = captioned_images(cfg.data, name)
+        pairs = [r for d in datasets for r in captioned_images(d, name)]
         images, captions = [r.image for r in pairs], [r.caption for r in pairs]
         distinct = sorted(set(captions))
         splits[name] = {
             "feats": _head_inputs(model, images, mcfg.image_size, cfg, device),
             "caption_emb": _caption_embeddings(model, distinct, device),
             "cap": torch.tensor([distinct.index(c) for c in captions]),
+            "images": images,
         }
     tr, va = splits[cfg.split], splits[cfg.val_split]
-    meta = {} if vocabulary is None else {"vocabulary": vocabulary}  # segmentation unchanged
+    if cfg.paraphrases:
+        tr.update(_paraphrase_table(model, datasets, cfg.split, tr["images"], cfg, device))
+        va["zero_shot"] = _zero_shot_probes(model, datasets, cfg.val_split, va["images"], device)
+    # Segmentation, calibration and the out-of-domain fit do not use the head: keep them.
+    meta = {k: init_meta[k] for k in ("vocabulary", "serving") if init_meta.get(k) is not None}
+    ood = None if cfg.init is None else Path(cfg.init) / OOD_FILE
 
     def save(path: Path, extra: dict) -> None:
         save_checkpoint(model, mcfg, path, extra={**extra, **meta})
+        if ood is not None and ood.is_file():
+            shutil.copyfile(ood, path / OOD_FILE)
 
     best_row = _train_head(model, head, params, tr, va, cfg, device, save=save)
     write_json(out / "best_metrics.json", best_row)
@@ -172,11 +259,229 @@ def _sample(feats: dict, cap: torch.Tensor, batch_size: int, gen: torch.Generato
     """A random batch of cached head inputs (each mirrored with probability 1/2 when the
     mirror images were cached) and their caption indices."""
     idx = torch.randint(len(cap), (batch_size,), generator=gen)
+    return _features(feats, idx, gen), cap[idx]
+
+
+def _features(feats: dict, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     x = feats["plain"][idx]
     if "flip" in feats:
-        use = torch.rand(batch_size, generator=gen) < 0.5
-        x = torch.where(use[:, None, None, None], feats["flip"][idx], x)
-    return x, cap[idx]
+        use = torch.rand(len(idx), generator=gen) < 0.5
+        x = torch.where(use.view(-1, *[1] * (x.dim() - 1)), feats["flip"][idx], x)
+    return x
+
+
+# ----------------------------------------------------------------------------------------------
+# Paraphrases
+
+
+def _facts_for(datasets: list[str], split: str, images: list[Path]) -> list:
+    facts: dict = {}
+    for d in datasets:
+        facts.update(image_facts(read_manifest(d, split)))
+    return [facts[p] for p in images]
+
+
+def _paraphrase_table(model, datasets, split, images, cfg: AlignConfig, device) -> dict:
+    """Caption pools of the training images as indices into one table of embedded texts.
+
+    Returns ``text_emb`` (T x E), ``pool`` (N x P text ids, -1 padded; column 0 the manifest
+    caption), ``pool_n`` (N), ``signature`` (N: images with equal facts share an id) and, with
+    hard negatives, ``neg`` / ``neg_n`` likewise.
+    """
+    para = Paraphraser(cfg.paraphrase_seed)
+    facts = _facts_for(datasets, split, images)
+    texts: dict[str, int] = {}
+
+    def ids(caps: list[str]) -> list[int]:
+        return [texts.setdefault(c, len(texts)) for c in caps]
+
+    pools, negs, sigs = [], [], {}
+    for img, f in zip(images, facts, strict=True):
+        key = img.name
+        pools.append(ids(caption_pool(f, para, cfg.paraphrases, key=key)))
+        if cfg.hard_negatives:
+            rng = np.random.default_rng([cfg.paraphrase_seed, 1, *map(ord, key[-16:])])
+            neg = {c for c in (para.contrast(f, rng) for _ in range(3 * cfg.hard_negatives)) if c}
+            negs.append(ids(sorted(neg)[: cfg.hard_negatives]))
+        sigs.setdefault(f.signature, len(sigs))
+    table = list(texts)
+    out = {
+        "text_emb": _cached_caption_embeddings(model, table, device, cfg.caption_cache),
+        "signature": torch.tensor([sigs[f.signature] for f in facts]),
+        "n_texts": len(table),
+    }
+    out["pool"], out["pool_n"] = _pad(pools)
+    if cfg.hard_negatives:
+        out["neg"], out["neg_n"] = _pad(negs)
+    return out
+
+
+def _pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(1, max(len(r) for r in rows))
+    table = torch.full((len(rows), width), -1, dtype=torch.long)
+    for i, r in enumerate(rows):
+        table[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+    return table, torch.tensor([len(r) for r in rows])
+
+
+def _draw_texts(tr: dict, idx: torch.Tensor, cfg: AlignConfig, gen: torch.Generator):
+    """(text embeddings B x E, text ids B (-1 for an average), hard negatives B x E or None)."""
+    pool, n = tr["pool"][idx], tr["pool_n"][idx]
+    b = len(idx)
+
+    def draw(table: torch.Tensor, count: torch.Tensor, lo: torch.Tensor) -> torch.Tensor:
+        span = (count - lo).clamp(min=1)
+        col = lo + (torch.rand(b, generator=gen) * span).long().clamp(max=span - 1)
+        return table[torch.arange(b), col]
+
+    first = (n > 1).long()  # column 0 is the manifest caption; draw among the others
+    if cfg.paraphrase_average > 1:
+        cols = torch.stack([draw(pool, n, first) for _ in range(cfg.paraphrase_average)], 1)
+        txt = F.normalize(tr["text_emb"][cols].mean(1), dim=-1)
+        text_id = torch.full((b,), -1, dtype=torch.long)
+    else:
+        text_id = draw(pool, n, first)
+        txt = tr["text_emb"][text_id]
+    original = torch.rand(b, generator=gen) < cfg.original_frac
+    txt = torch.where(original[:, None], tr["text_emb"][pool[:, 0]], txt)
+    text_id = torch.where(original, pool[:, 0], text_id)
+    neg = None
+    if "neg" in tr:
+        nid = draw(tr["neg"][idx], tr["neg_n"][idx], torch.zeros(b, dtype=torch.long))
+        has = nid >= 0
+        neg = torch.where(has[:, None], tr["text_emb"][nid.clamp(min=0)], torch.nan)
+    return txt, text_id, neg
+
+
+def multi_positive_clip_loss(
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    logit_scale: torch.Tensor,
+    positives: torch.Tensor,
+    hard_negatives: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Symmetric InfoNCE where ``positives`` (B x B bool, true on the diagonal) marks every
+    (image, text) pair that matches; ``hard_negatives`` (B x E, NaN rows for none) adds one more
+    text to each image's row, a negative for that image only."""
+    img = F.normalize(image_emb, dim=-1)
+    txt = F.normalize(text_emb, dim=-1)
+    scale = logit_scale.exp().clamp(max=100)
+    logits = scale * img @ txt.t()
+    target = positives.float()
+    t2i = torch.sum(-(target / target.sum(0, keepdim=True)) * F.log_softmax(logits, 0), 0).mean()
+    row = logits
+    if hard_negatives is not None:
+        has = ~torch.isnan(hard_negatives).any(1)
+        neg = F.normalize(torch.nan_to_num(hard_negatives), dim=-1)
+        extra = torch.where(
+            has, scale * (img * neg).sum(1), torch.full_like(has, -1e4, dtype=img.dtype)
+        )
+        row = torch.cat([logits, extra[:, None]], 1)
+        target = torch.cat([target, torch.zeros_like(target[:, :1])], 1)
+    i2t = torch.sum(-(target / target.sum(1, keepdim=True)) * F.log_softmax(row, 1), 1).mean()
+    return 0.5 * (i2t + t2i)
+
+
+def _zero_shot_probes(model, datasets, split, images, device) -> list[dict]:
+    """Validation zero-shot tasks worded with the paraphrase generator's class phrases (not any
+    benchmark's): per task the image rows, their classes and one class-embedding set per
+    wording."""
+    from . import paraphrase as P
+
+    facts = _facts_for(datasets, split, images)
+    tasks = []
+
+    def add(name, metric, rows, y, wordings):
+        if rows and len(set(y)) > 1:
+            embs = [_caption_embeddings(model, list(w), device) for w in wordings]
+            tasks.append(
+                {
+                    "name": name,
+                    "metric": metric,
+                    "rows": torch.tensor(rows),
+                    "y": np.array(y),
+                    "classes": embs,
+                }
+            )
+
+    mods = [(i, f.modality) for i, f in enumerate(facts) if f.modality in ("ct", "dermoscopy")]
+    k = min(len(P.CT_MODALITY), len(P.DERM_MODALITY))
+    add(
+        "modality",
+        "accuracy",
+        [i for i, _ in mods],
+        [int(m == "dermoscopy") for _, m in mods],
+        [(P.CT_MODALITY[j], P.DERM_MODALITY[j]) for j in range(k)],
+    )
+    derm = [(i, f.label) for i, f in enumerate(facts) if f.label in P.DERM_CLASSES]
+    add(
+        "dermoscopy",
+        "balanced_accuracy",
+        [i for i, _ in derm],
+        [P.DERM_CLASSES.index(c) for _, c in derm],
+        [
+            tuple(P.DERM_NAMES[c][j % len(P.DERM_NAMES[c])] for c in P.DERM_CLASSES)
+            for j in range(6)
+        ],
+    )
+    ct = [
+        (i, f.label)
+        for i, f in enumerate(facts)
+        if f.label in P.CT_LABELS and "liver" not in f.absent
+    ]
+    add(
+        "ct_lesion",
+        "auroc",
+        [i for i, _ in ct],
+        [int(c == "normal liver") for _, c in ct],
+        [(P.LESION_NOUNS[j][0], P.NORMAL_LIVER[j]) for j in range(8)],
+    )
+    sp = [
+        (i, "spleen" in f.absent)
+        for i, f in enumerate(facts)
+        if "spleen" in f.present or "spleen" in f.absent
+    ]
+    add(
+        "spleen",
+        "auroc",
+        [i for i, _ in sp],
+        [int(a) for _, a in sp],
+        [
+            (P.ORGAN_IN[j].format(o="the spleen"), P.ORGAN_OUT[j].format(o="the spleen"))
+            for j in range(len(P.ORGAN_IN))
+        ],
+    )
+    return tasks
+
+
+@torch.no_grad()
+def _head_zero_shot(head: torch.nn.Module, va: dict, device) -> dict[str, float]:
+    """Mean zero-shot score over the wordings of each `_zero_shot_probes` task (class 0 is the
+    positive one for AUROC), and their mean ``zero_shot_mean``."""
+    from .inference import ovr_log_odds
+
+    head.eval()
+    feats = va["feats"]["plain"]
+    emb = torch.cat(
+        [head(feats[s : s + 256].float().to(device)).cpu() for s in range(0, len(feats), 256)]
+    )
+    head.train()
+    emb = F.normalize(emb.float(), dim=-1)
+    out = {}
+    for task in va["zero_shot"]:
+        x = emb[task["rows"]]
+        scores = []
+        for classes in task["classes"]:
+            logits = (100.0 * x @ classes.t()).double().numpy()
+            if task["metric"] == "accuracy":
+                scores.append(top1_accuracy(logits, task["y"]))
+            elif task["metric"] == "balanced_accuracy":
+                scores.append(balanced_accuracy(logits, task["y"]))
+            else:
+                scores.append(binary_auroc(ovr_log_odds(logits)[:, 0], task["y"] == 0))
+        out[f"zero_shot_{task['name']}"] = float(np.mean(scores))
+    out["zero_shot_mean"] = float(np.mean(list(out.values()))) if out else 0.0
+    return out
 
 
 @torch.no_grad()
@@ -211,18 +516,37 @@ def _train_head(model, head, params, tr: dict, va: dict, cfg: AlignConfig, devic
     gen = torch.Generator().manual_seed(cfg.seed)
     bar = tqdm(range(cfg.steps), desc="align", unit="step")
     for step in bar:
-        x, cap = _sample(tr["feats"], tr["cap"], cfg.batch_size, gen)
-        emb = head(x.float().to(device))  # (B, E)
-        txt = tr["caption_emb"][cap].to(device)  # (B, E)
-        loss = clip_loss(emb, txt, model.logit_scale, groups=cap.to(device))
+        if "text_emb" in tr:  # paraphrases
+            idx = torch.randint(len(tr["cap"]), (cfg.batch_size,), generator=gen)
+            x = _features(tr["feats"], idx, gen)
+            txt, text_id, neg = _draw_texts(tr, idx, cfg, gen)
+            emb = head(x.float().to(device))
+            same = (tr["signature"][idx][:, None] == tr["signature"][idx][None, :]) | (
+                (text_id[:, None] == text_id[None, :]) & (text_id[:, None] >= 0)
+            )
+            loss = multi_positive_clip_loss(
+                emb,
+                txt.to(device),
+                model.logit_scale,
+                same.to(device),
+                None if neg is None else neg.to(device),
+            )
+        else:
+            x, cap = _sample(tr["feats"], tr["cap"], cfg.batch_size, gen)
+            emb = head(x.float().to(device))  # (B, E)
+            txt = tr["caption_emb"][cap].to(device)  # (B, E)
+            loss = clip_loss(emb, txt, model.logit_scale, groups=cap.to(device))
         loss.backward()
         optimizer_step(optimizer, warmup_cosine(step, warmup=warmup, total=cfg.steps))
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             row = {"step": step + 1, "loss": loss.item(), "time_s": time.time() - t0}
             row.update(_head_recall(head, va, device))
-            log.append(row)
             score = np.mean([row[f"t2i_R@{k}"] + row[f"i2t_R@{k}"] for k in (1, 5, 10)])
+            if "zero_shot" in va:  # recall (each term in [0, 2]) and zero-shot, equal weights
+                row.update(_head_zero_shot(head, va, device))
+                score = 0.5 * score + row["zero_shot_mean"]
+            log.append(row)
             if ckpt.save_best_if_better(score, {"align": {"init": cfg.init, **row}}):
                 best_row = row
     if best_row is None:

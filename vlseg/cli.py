@@ -72,6 +72,27 @@ def _phantom_volumes(args: argparse.Namespace) -> int:
             "drop --family/--appearance"
         )
     n_slices = 32 if args.slices is None else args.slices
+    if args.as_slices:
+        from vlseg.data.phantoms.volume import write_slice_dataset
+
+        if args.dicom or args.heldout:
+            raise SystemExit(
+                "vlseg phantoms: --as-slices writes regular 2-D slices; drop --dicom/--heldout"
+            )
+        if args.out is not None:
+            out = write_slice_dataset(
+                args.out,
+                args.n,
+                args.seed,
+                n_slices=16 if args.slices is None else args.slices,
+                size=args.size,
+                prompts=args.prompts,
+                overwrite=args.overwrite,
+                quiet=args.quiet,
+                workers=args.workers,
+            )
+            print(f"wrote {out}/manifest.jsonl")
+        return 0
     if args.out is not None:
         out = write_volume_dataset(
             args.out,
@@ -602,6 +623,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--slices", type=int, default=None, help="with --volumes: slices per volume (default 32)"
+    )
+    p.add_argument(
+        "--as-slices",
+        action="store_true",
+        help="with --volumes: write every axial slice as a 2-D phantom (PNG dataset, the split "
+        "of its volume; organs leave the slice towards the ends; --slices default 16)",
     )
     p.add_argument(
         "--dicom",

@@ -145,3 +145,68 @@ def test_chat_volume_upload_measures_and_returns_a_nifti_mask(client, server, vo
     history, *_ = _chat(client, "the liver")
     assert "**the liver**: present: " in _text(history), "the server keeps serving the volume"
     assert seg.encoder_calls == before + 1
+
+
+def test_earlier_files_come_back_as_references(client, phantom_pngs):
+    """Only a turn's own files are files; earlier ones (and the view's image, unchanged since the
+    last turn) come as URLs, so a turn's cost does not grow with the conversation."""
+    _chat(client, "segment the liver", phantom_pngs["ct"])
+    history, _, view1, _ = _chat(client, "the liver")
+    history, _, view2, masks = _chat(client, "both kidneys")
+    files = [
+        c["file"]
+        for m in history
+        for c in (m["content"] if isinstance(m["content"], list) else [])
+        if isinstance(c, dict) and c.get("type") == "file"
+    ]
+    *earlier, last = files
+    assert len(earlier) == 3  # the upload's thumbnail and two overlays
+    for f in earlier:
+        assert f["path"] is None and "/file=" in f["url"] and f["url"].endswith(".png"), f
+    assert isinstance(last, str) and os.path.exists(last) and last.endswith("overlay.png")
+    assert masks and os.path.exists(masks[0])
+    # the view's base image was sent with the upload; the masks are new each turn
+    image1, image2 = view1["value"]["image"], view2["value"]["image"]  # view updates
+    assert image2["path"] is None and image2["url"] == image1["url"]
+    assert os.path.exists(view2["value"]["annotations"][0]["image"])  # downloaded
+
+
+def test_concurrent_sessions_get_their_own_answers(server, phantom_pngs, tmp_path):
+    """Clients talking at once, each on its own image (of its own size: at threshold 0 the area
+    is the whole image), never see another session's answer."""
+    import threading
+
+    from PIL import Image
+
+    from vlseg.data.phantoms import generate_sample
+
+    third = tmp_path / "ct72.png"
+    Image.fromarray(generate_sample(seed=3, index=1, modality="ct", size=72).image).save(third)
+    images = {"ct": phantom_pngs["ct"], "derm": phantom_pngs["derm"], "ct72": third}
+    areas = {k: Image.open(p).size[0] * Image.open(p).size[1] for k, p in images.items()}
+    assert len(set(areas.values())) == 3
+    replies, errors = {}, []
+    start = threading.Barrier(len(images))
+
+    def talk(key):
+        try:
+            c = gradio_client.Client(server["url"], auth=(USER, PASSWORD), verbose=False)
+            start.wait()
+            history, *_ = _chat(c, "segment the liver", images[key])
+            got = [_text(history)]
+            for text in ["both kidneys", "the spleen", "the liver"]:
+                history, *_ = _chat(c, text)
+                got.append(_text(history))
+            replies[key] = (got, [m["role"] for m in history])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=talk, args=(k,)) for k in images]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for key, (got, roles) in replies.items():
+        assert all(f": area {areas[key]:,} px" in reply for reply in got), (key, got)
+        assert roles == ["user", "assistant"] * 4, "each log is its own session's"

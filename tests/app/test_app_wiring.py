@@ -1,5 +1,8 @@
 """The gradio wiring without a server: endpoints, examples, auth parsing, CLI arguments."""
 
+import shutil
+from pathlib import Path
+
 import pytest
 
 gr = pytest.importorskip("gradio")
@@ -47,3 +50,67 @@ def test_cli_rejects_bad_auth(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--auth", "nopassword"])
     assert exc.value.code == 2 and "user:password" in capsys.readouterr().err
+
+
+def test_chat_log_sends_earlier_cached_files_as_references(tmp_path):
+    from gradio.utils import get_upload_folder
+
+    from app import ChatLog, LogUpdate, _cache_root
+
+    Path(get_upload_folder()).mkdir(parents=True, exist_ok=True)
+    cached = Path(_cache_root()) / "vlseg-test-ref" / "overlay.png"
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_bytes(b"png")
+    outside = tmp_path / "elsewhere.png"
+    outside.write_bytes(b"png")
+    try:
+        log = [
+            {"role": "user", "content": ["hi"]},
+            {"role": "assistant", "content": ["a", {"path": str(cached)}, {"path": str(outside)}]},
+            {"role": "user", "content": ["again"]},
+            {"role": "assistant", "content": ["b", {"path": str(cached)}]},
+        ]
+        out = ChatLog().postprocess(LogUpdate(log, new_from=2))
+        assert isinstance(LogUpdate(log, 2), list) and len(out) == 4
+        earlier = [c["file"] for c in out[1]["content"] if c["type"] == "file"]
+        assert earlier[0]["path"] is None and earlier[0]["url"].endswith("overlay.png")
+        assert earlier[0]["meta"] == {} and earlier[0]["orig_name"] == "overlay.png"
+        # a file outside gradio's cache is left to gradio, as is everything of this turn
+        assert earlier[1]["path"] == str(outside) and earlier[1]["meta"]["_type"]
+        (new,) = [c["file"] for c in out[3]["content"] if c["type"] == "file"]
+        assert new["path"] == str(cached) and new["meta"]["_type"] == "gradio.FileData"
+        assert ChatLog().postprocess(log).model_dump() == ChatLog().postprocess(LogUpdate(log, 0))
+    finally:
+        shutil.rmtree(cached.parent, ignore_errors=True)
+
+
+def test_view_value_sends_a_session_its_base_image_once():
+    import numpy as np
+
+    from app import ViewImage, view_value
+
+    base = np.full((40, 50, 3), 90, np.uint8)
+    mask = np.zeros((40, 50), np.float32)
+    mask[5:20, 10:30] = 1
+    sent: set[str] = set()
+    first = view_value(base, [(mask, "the liver")], {"the liver": "#00ff00"}, sent)
+    again = view_value(base, [(mask, "the liver")], {"the liver": "#00ff00"}, sent)
+    assert first["image"]["path"] in sent and again["image"]["path"] is None
+    assert again["image"]["url"].endswith(Path(first["image"]["path"]).name)
+    layer = Path(first["annotations"][0]["image"]["path"])
+    from PIL import Image
+
+    rgba = np.asarray(Image.open(layer))
+    assert rgba.shape == (40, 50, 4) and tuple(rgba[10, 15]) == (0, 255, 0, 255)
+    assert tuple(rgba[0, 0]) == (0, 0, 0, 0)
+    # gradio's own drawing of the same value gives the same pixels
+    theirs = gr.AnnotatedImage(color_map={"the liver": "#00ff00"}, format="png").postprocess(
+        (base, [(mask, "the liver")])
+    )
+    ref = np.asarray(Image.open(theirs.annotations[0].image.path))
+    np.testing.assert_array_equal(rgba, ref)
+    ours = ViewImage(color_map={"the liver": "#00ff00"}, format="png").postprocess(
+        (base, [(mask, "the liver")])
+    )
+    assert ours["annotations"][0]["image"]["path"] == str(layer)
+    assert ViewImage().postprocess(first) is first

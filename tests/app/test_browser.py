@@ -107,6 +107,19 @@ def test_upload_ask_and_see_overlay_and_area(app_url, tmp_path):
             assert page.locator("#masks a, #masks [download]").count() >= 1
             shot = tmp_path / "app_screenshot.png"
             page.screenshot(path=str(shot), full_page=True)
+            # a follow-up: earlier images come as references now, and still show
+            page.fill("#message textarea", "the liver")
+            page.press("#message textarea", "Enter")
+            page.wait_for_function(
+                "() => document.querySelectorAll(\"#chat img[src*='overlay']\").length >= 2",
+                timeout=60_000,
+            )
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('#chat img, #view img')]"
+                ".every(i => i.complete && i.naturalWidth > 0)",
+                timeout=30_000,
+            )
+            assert page.locator("#chat img").count() >= 3  # the upload and two overlays
         finally:
             browser.close()
     assert shot.stat().st_size > 10_000

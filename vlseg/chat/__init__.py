@@ -30,6 +30,7 @@ from .session import (
     search_similar,
     segment_cached,
 )
+from .worker import ModelWorker, concat_encoded
 
 __all__ = [
     "HELP_TEXT",
@@ -41,9 +42,11 @@ __all__ = [
     "ChatService",
     "ChatSession",
     "Intent",
+    "ModelWorker",
     "TurnOutput",
     "VolumeOverlay",
     "classify_cached",
+    "concat_encoded",
     "encode_image",
     "encode_volume",
     "image_embedding",

@@ -156,10 +156,13 @@ def write_mask_files(
     ]
 
 
+PNG_COMPRESS_LEVEL = 1  # zlib's fastest: ~3x quicker than PIL's default, files ~15% larger
+
+
 def write_png(rgb: np.ndarray, path: Path) -> Path:
-    """Write an H x W x 3 uint8 image as PNG, atomically."""
+    """Write an H x W x 3 uint8 image as PNG (fast compression), atomically."""
     with atomic_write(path) as tmp:
-        Image.fromarray(rgb).save(tmp, format="PNG")
+        Image.fromarray(rgb).save(tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return path
 
 

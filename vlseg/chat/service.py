@@ -71,6 +71,7 @@ from .session import (
     segment_cached,
     session_dir,
 )
+from .worker import DEFAULT_WAIT_MS, ModelWorker
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,11 @@ class ChatService:
         max_voxels: largest accepted volume (voxels).
         workdir: where session files go (default: a new directory under the system temp dir,
             which gradio may serve files from).
+        batch_wait_ms: follow-ups on 2-D images go through one
+            :class:`~vlseg.chat.worker.ModelWorker`, which runs concurrent sessions' decoder
+            calls as one batch, waiting this long after a request for others to join it (the
+            answers are the same up to float rounding); None: each session calls the model
+            itself.
     """
 
     def __init__(
@@ -131,6 +137,7 @@ class ChatService:
         max_pixels: int = MAX_UPLOAD_PIXELS,
         max_voxels: int = MAX_UPLOAD_VOXELS,
         workdir: str | os.PathLike[str] | None = None,
+        batch_wait_ms: float | None = DEFAULT_WAIT_MS,
     ):
         if not isinstance(segmenter, Segmenter):
             raise TypeError(f"segmenter must be a vlseg Segmenter, got {type(segmenter).__name__}")
@@ -143,6 +150,9 @@ class ChatService:
         self.max_voxels = int(max_voxels)
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="vlseg-chat-"))
         self._oneshot_dirs: deque[str] = deque()
+        self.worker = (
+            None if batch_wait_ms is None else ModelWorker(segmenter, wait_ms=batch_wait_ms)
+        )
 
     # -- the turn -------------------------------------------------------------------------
     def respond(
@@ -437,7 +447,7 @@ class ChatService:
 
     def _segment_volume(self, session: ChatSession, targets: Sequence[str], notes: list[str]):
         vol = session.volume
-        results = segment_cached(self.segmenter, session, targets)
+        results = segment_cached(self.segmenter, session, targets, self.worker)
         # Keep masks and measurements, not the float probabilities (4 bytes a voxel each).
         session.results = [
             dataclasses.replace(r, probs=np.empty((0,), np.float32)) for r in results
@@ -533,7 +543,7 @@ class ChatService:
     def _segment_targets(self, session: ChatSession, targets: Sequence[str], notes: list[str]):
         if session.is_volume:
             return self._segment_volume(session, targets, notes)
-        results = segment_cached(self.segmenter, session, targets)
+        results = segment_cached(self.segmenter, session, targets, self.worker)
         # Keep masks and measurements, not the H x W float probabilities (4 bytes a pixel each).
         session.results = [
             dataclasses.replace(r, probs=np.empty((0, 0), np.float32)) for r in results
@@ -700,7 +710,9 @@ class ChatService:
                 shutil.rmtree(self._oneshot_dirs.popleft(), ignore_errors=True)
 
     def close(self) -> None:
-        """Delete every file this service wrote."""
+        """Stop the model worker and delete every file this service wrote."""
+        if self.worker is not None:
+            self.worker.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 

@@ -65,6 +65,8 @@ class ChatSession:
             repeat a measurement), or "".
         pending: the readings offered by the last "Did you mean ...?" (an answer such as
             "yes" picks one), or ().
+        sent_files: files a front end has already sent to this session's client (it may send
+            them again as references rather than files).
     """
 
     encoded: EncodedImage | EncodedVolume | None = None
@@ -80,6 +82,7 @@ class ChatSession:
     slice_index: int = 0
     last_kind: str = ""
     pending: tuple[Any, ...] = ()
+    sent_files: set[str] = field(default_factory=set, repr=False)
 
     @property
     def image(self) -> LoadedImage | None:
@@ -121,6 +124,7 @@ class ChatSession:
         if self.directory:
             shutil.rmtree(self.directory, ignore_errors=True)
         self.directory = None
+        self.sent_files.clear()
         self.drop_image()
 
 
@@ -179,17 +183,22 @@ def encode_volume(
     return volume
 
 
-def segment_cached(seg: Segmenter, session: ChatSession, texts: Sequence[str]):
+def segment_cached(seg: Segmenter, session: ChatSession, texts: Sequence[str], worker=None):
     """``Segmenter.segment`` on the session's cached image or volume: no image-encoder run.
+
+    Args:
+        worker: a :class:`~vlseg.chat.worker.ModelWorker` of ``seg`` to batch the call with
+            other sessions' (same answers up to float rounding), or None to call ``seg``.
 
     Returns:
         One :class:`~vlseg.inference.SegmentationResult` per text (a
         :class:`~vlseg.volume.VolumeResult` for a volume).
     """
     _require_image(session)
+    call = seg.segment if worker is None else worker.segment
     if session.is_volume:  # the volume's own spacing (the file's) gives the measurements
-        return seg.segment(session.encoded, list(texts))
-    return seg.segment(session.encoded, list(texts), spacing=session.spacing)
+        return call(session.encoded, list(texts))
+    return call(session.encoded, list(texts), spacing=session.spacing)
 
 
 def image_embedding(session: ChatSession) -> np.ndarray:

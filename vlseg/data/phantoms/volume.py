@@ -914,3 +914,74 @@ def write_volume_dataset(
         }
         (tmp / "dataset.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return out
+
+
+def _slice_job(args: tuple) -> list[PhantomSample]:
+    seed, index, n_slices, size, prompts = args
+    vol = render_ct_volume(seed, index, n_slices=n_slices, size=size, prompts_per_target=prompts)
+    return [vol.slice_sample(k, prompts_per_target=prompts) for k in range(n_slices)]
+
+
+def write_slice_dataset(
+    out: str | os.PathLike[str],
+    n: int,
+    seed: int,
+    *,
+    n_slices: int = 16,
+    size: int = 256,
+    prompts: int = 4,
+    overwrite: bool = False,
+    quiet: bool = False,
+    workers: int = 1,
+) -> Path:
+    """Write every axial slice of ``n`` regular volumes as a 2-D phantom dataset, atomically.
+
+    The layout is that of `vlseg.data.phantoms.write_dataset` (``images/``, ``masks/``,
+    ``manifest.jsonl``, ``dataset.json``): one sample per slice (`PhantomVolume.slice_sample`,
+    id ``vol_XXXX_sNNN``), in the split of its volume, so all slices of a volume stay in one split.
+    Towards the ends of a volume organs leave the slice (the spleen superiorly, the kidneys
+    inferiorly, the liver may end): the organ targets of such a slice are negatives. Slices are
+    the classic 2-D look; ``dataset.json`` records ``"kind": "volume-slices"``.
+    """
+    from . import write_samples
+
+    out = Path(out)
+    if n < 1:
+        raise ValueError(f"n={n}: ask for at least one volume")
+    if size < 64:
+        raise ValueError(f"size={size} is too small to draw anatomy; use 64 or more")
+    if n_slices < 2:
+        raise ValueError(f"n_slices={n_slices}: a volume needs at least 2 slices")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pick another --out or pass --overwrite")
+    jobs = [(seed, i, n_slices, size, prompts) for i in range(n)]
+    bar = tqdm(total=len(jobs), desc="volumes", unit="vol", disable=quiet)
+
+    def slices():
+        pool = ProcessPoolExecutor(workers) if workers > 1 else None
+        try:
+            rendered = pool.map(_slice_job, jobs) if pool else map(_slice_job, jobs)
+            for samples in rendered:
+                yield from samples
+                bar.update()
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+            bar.close()
+
+    with atomic_directory(out) as tmp:
+        write_samples(tmp, slices())
+        meta = {
+            "generator": "vlseg.data.phantoms.volume",
+            "kind": "volume-slices",
+            "modality": "ct",
+            "n": n,
+            "n_heldout": 0,
+            "seed": seed,
+            "n_slices": n_slices,
+            "size": size,
+            "prompts_per_target": prompts,
+            "appearance": "classic",
+        }
+        (tmp / "dataset.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return out
