@@ -830,6 +830,20 @@ def _render_job(args: tuple) -> PhantomVolume:
     )
 
 
+def _check_dataset_args(out, n: int, size: int, n_slices: int, overwrite: bool) -> Path:
+    """The output path of a volume dataset after checking the arguments every writer takes."""
+    out = Path(out)
+    if n < 1:
+        raise ValueError(f"n={n}: ask for at least one volume")
+    if size < 64:
+        raise ValueError(f"size={size} is too small to draw anatomy; use 64 or more")
+    if n_slices < 2:
+        raise ValueError(f"n_slices={n_slices}: a volume needs at least 2 slices")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pick another --out or pass --overwrite")
+    return out
+
+
 def write_volume_dataset(
     out: str | os.PathLike[str],
     n: int,
@@ -864,17 +878,9 @@ def write_volume_dataset(
         dicom: also write DICOM series.
         workers: parallel rendering processes (the output does not depend on it).
     """
-    out = Path(out)
-    if n < 1:
-        raise ValueError(f"n={n}: ask for at least one volume")
+    out = _check_dataset_args(out, n, size, n_slices, overwrite)
     if heldout < 0:
         raise ValueError(f"heldout={heldout} must be >= 0")
-    if size < 64:
-        raise ValueError(f"size={size} is too small to draw anatomy; use 64 or more")
-    if n_slices < 2:
-        raise ValueError(f"n_slices={n_slices}: a volume needs at least 2 slices")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pick another --out or pass --overwrite")
     jobs = [(seed, i, False, n_slices, size, prompts) for i in range(n)]
     jobs += [(seed, i, True, n_slices, size, prompts) for i in range(heldout)]
     bar = tqdm(total=len(jobs), desc="volumes", unit="vol", disable=quiet)
@@ -945,15 +951,7 @@ def write_slice_dataset(
     """
     from . import write_samples
 
-    out = Path(out)
-    if n < 1:
-        raise ValueError(f"n={n}: ask for at least one volume")
-    if size < 64:
-        raise ValueError(f"size={size} is too small to draw anatomy; use 64 or more")
-    if n_slices < 2:
-        raise ValueError(f"n_slices={n_slices}: a volume needs at least 2 slices")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pick another --out or pass --overwrite")
+    out = _check_dataset_args(out, n, size, n_slices, overwrite)
     jobs = [(seed, i, n_slices, size, prompts) for i in range(n)]
     bar = tqdm(total=len(jobs), desc="volumes", unit="vol", disable=quiet)
 
