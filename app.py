@@ -28,6 +28,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ CONCURRENCY_LIMIT = 2  # events at once by default (gradio's queue); more wait t
 # model worker that batches them, so more turns in flight cost no extra model threads.
 TURN_CONCURRENCY = 8
 MALLOC_ARENAS = 2  # see serve()
+MALLOC_TRIM_EVERY_S = 30.0
 QUEUE_SIZE = 64
 SESSION_TTL_S = 4 * 3600
 MAX_FILE_SIZE = "300mb"  # a CT volume (.nii.gz or a .zip of its DICOM series) can be large
@@ -414,16 +416,35 @@ def build_demo(
     return demo
 
 
-def limit_malloc_arenas(n: int) -> bool:
-    """Cap glibc's malloc arenas (``mallopt(M_ARENA_MAX, n)``, as ``MALLOC_ARENA_MAX`` does);
-    arenas that exist already stay. Returns whether it was applied (False off glibc)."""
+def limit_malloc_arenas(n: int, trim_every_s: float | None = MALLOC_TRIM_EVERY_S) -> bool:
+    """Cap glibc's malloc arenas (``mallopt(M_ARENA_MAX, n)``, as ``MALLOC_ARENA_MAX`` does;
+    arenas that exist already stay) and, every ``trim_every_s`` seconds, hand the memory that
+    malloc keeps after ``free`` back to the system (``malloc_trim(0)``, from a daemon thread).
+
+    Returns:
+        Whether it was applied (False where the C library is not glibc).
+    """
     try:
         import ctypes
 
         libc = ctypes.CDLL(None)
-        return bool(libc.mallopt(-8, int(n)))  # -8: M_ARENA_MAX in glibc's malloc.h
+        applied = bool(libc.mallopt(-8, int(n)))  # -8: M_ARENA_MAX in glibc's malloc.h
+        trim = libc.malloc_trim
     except (OSError, AttributeError, TypeError, ValueError):
         return False
+    if applied and trim_every_s and not _trimming.is_set():
+        _trimming.set()
+
+        def trim_forever() -> None:
+            while True:
+                time.sleep(trim_every_s)
+                trim(0)
+
+        threading.Thread(target=trim_forever, name="vlseg-malloc-trim", daemon=True).start()
+    return applied
+
+
+_trimming = threading.Event()  # one trimming thread per process
 
 
 def parse_auth(auth: str | tuple[str, str] | None) -> tuple[str, str] | None:
@@ -462,10 +483,12 @@ def serve(
             load one per call is best: concurrent turns already use the cores, and a thread
             team on a busy CPU spends its time waiting for its descheduled members.
         malloc_arenas: the most glibc malloc arenas for this process (None: glibc's default,
-            8 per core). Every thread that handles requests would otherwise get an arena of its
-            own, which keeps the memory it frees: ~150 MB more resident memory after 20
-            sessions on 2 cores, ~70 MB with 2 arenas. Set before the server's threads start;
-            ignored where the C library is not glibc.
+            8 per core, and no trimming). Every thread that handles requests would otherwise
+            get an arena of its own, each keeping the memory it frees: in
+            ``bench/chat_latency.py`` (20 sessions) the resident memory grew ~225 MB with the
+            default, 65-110 MB with 2 arenas, 35-50 MB once trimmed (see
+            :func:`limit_malloc_arenas`, which also starts the trimming). Set before the
+            server's threads start; ignored where the C library is not glibc.
 
     Returns:
         The launched ``gr.Blocks`` (after shutdown when ``block``).

@@ -103,6 +103,18 @@ def rss_mb(field: str = "VmRSS") -> float:
         return float("nan")
 
 
+def malloc_trim_rss() -> float | None:
+    """RSS (MB) after handing malloc's freed memory back (glibc ``malloc_trim``): what the
+    process holds, not what it freed and malloc kept; None off glibc."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        return None
+    return rss_mb()
+
+
 def cpu_info() -> dict:
     try:
         from segment_latency import cpu_info as info  # the other benchmarks' CPU description
@@ -633,6 +645,7 @@ def main(argv: list[str] | None = None) -> dict:
                 prof.uninstall()
             gc.collect()
             rss1, peak = rss_mb(), rss_mb("VmHWM")
+            rss_trimmed = malloc_trim_rss()
         finally:
             demo.close()
             demo.vlseg_service.close()
@@ -651,7 +664,8 @@ def main(argv: list[str] | None = None) -> dict:
         "process_cpu_s": cpu, "cpu_ms_per_turn": cpu * 1e3 / max(n_load, 1),
         "client_processes_cpu_s": client_cpu,
         "rss_before_mb": rss0, "rss_after_mb": rss1, "rss_growth_mb": rss1 - rss0,
-        "rss_peak_mb": peak,
+        "rss_peak_mb": peak, "rss_after_trim_mb": rss_trimmed,
+        "rss_growth_after_trim_mb": None if rss_trimmed is None else rss_trimmed - rss0,
     }  # fmt: skip
     settings = dict(
         model=seg.name, device=str(seg.device), images=f"{N_IMAGES} phantom CTs 256 x 256",
@@ -680,6 +694,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         f"memory (RSS): {rss0:.0f} MB before the load, {rss1:.0f} MB after "
         f"({rss1 - rss0:+.0f} MB), peak {peak:.0f} MB"
+        + ("" if rss_trimmed is None else f"; {rss_trimmed - rss0:+.0f} MB after malloc_trim")
     )
     for msg in load["error_messages"]:
         print(f"error: {msg}")

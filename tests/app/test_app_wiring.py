@@ -114,3 +114,9 @@ def test_view_value_sends_a_session_its_base_image_once():
     )
     assert ours["annotations"][0]["image"]["path"] == str(layer)
     assert ViewImage().postprocess(first) is first
+
+
+def test_limit_malloc_arenas_never_raises():
+    from app import limit_malloc_arenas
+
+    assert limit_malloc_arenas(2, trim_every_s=None) in (True, False)
