@@ -7,7 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from vlseg.volume import agreeing_score, axial_diameters, measure_components, remove_specks
+from vlseg.volume import (
+    agreeing_score,
+    axial_diameters,
+    bounding_box,
+    measure_components,
+    remove_specks,
+)
 
 
 def _disk(h, w, cy, cx, ry, rx):
@@ -105,3 +111,31 @@ def test_smoothing_over_slices_mixes_neighbours_and_keeps_constant_stacks():
     assert z_smoothing_weight(None, 256, 32) == 0.0
     assert z_smoothing_weight((5.0, 1.5, 1.5), 256, 32) == pytest.approx(0.25)  # 12 mm cells
     assert z_smoothing_weight((24.0, 1.5, 1.5), 256, 32) == pytest.approx(0.125)
+
+
+def test_bounding_box_holds_every_voxel_and_nothing_more():
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        m = np.zeros(tuple(int(v) for v in rng.integers(1, 9, 3)), bool)
+        for _ in range(int(rng.integers(0, 4))):
+            m[tuple(int(rng.integers(0, d)) for d in m.shape)] = True
+        box = bounding_box(m)
+        if not m.any():
+            assert m[box].size == 0
+            continue
+        nz = np.argwhere(m)
+        assert box == tuple(slice(int(lo), int(hi) + 1) for lo, hi in zip(nz.min(0), nz.max(0)))
+        assert m[box].sum() == m.sum()
+
+
+def test_components_measured_in_the_box_match_the_whole_volume():
+    """segment_volume labels and measures inside the finding's box; the slice indices it
+    reports are shifted back to the whole volume's."""
+    vol = np.zeros((12, 40, 40), bool)
+    vol[3:7, 5:15, 5:12] = True
+    vol[8:10, 20:30, 25:35] = True
+    box = bounding_box(vol)
+    whole = measure_components(*remove_specks(vol, 1)[1:], (2.0, 1.0, 1.0))
+    vols, diam, where = measure_components(*remove_specks(vol[box], 1)[1:], (2.0, 1.0, 1.0))
+    assert vols == whole[0] and diam == whole[1]
+    assert [k + box[0].start for k in where] == whole[2]

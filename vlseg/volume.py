@@ -101,7 +101,9 @@ class VolumeResult:
         text: the prompt.
         mask: bool, the file's array shape and voxel order (``Volume.shape``): the finding when
             ``verdict`` is "present", the tentative one for "unsure", else empty.
-        probs: float32 per-voxel probability, same shape.
+        probs: float32 per-voxel probability, same shape. Computed on first access (it costs
+            an upsampling and a sigmoid over every voxel, ~0.1 s for 100 slices of 256 x 256,
+            that an answer read for its mask and measurements never needs).
         score: the volume's calibrated presence probability (two adjacent slices agreeing).
         verdict: "present", "absent", "unsure" or "out-of-domain" (as for a 2-D result).
         volume_ml: volume of ``mask`` in millilitres (None when the spacing is unknown).
@@ -170,6 +172,24 @@ class VolumeResult:
 
     def __repr__(self) -> str:
         return f"VolumeResult({self.summary()})"
+
+
+def _get_probs(self: VolumeResult) -> np.ndarray:
+    value = self.__dict__["_probs"]
+    if callable(value):  # computed once, on first use
+        value = value()
+        self.__dict__["_probs"] = value
+    return value
+
+
+def _set_probs(self: VolumeResult, value) -> None:
+    """An array, or a function of no arguments that returns it (called on first access)."""
+    self.__dict__["_probs"] = value
+
+
+# ``probs`` stays a dataclass field (constructor argument, ``dataclasses.replace``) backed by a
+# property, so that it can be given as a function and computed only when read.
+VolumeResult.probs = property(_get_probs, _set_probs, doc="float32 per-voxel probability")
 
 
 def _ranges(idx: Sequence[int]) -> str:
@@ -291,6 +311,20 @@ def agreeing_score(scores: np.ndarray) -> float:
     if s.size == 1:
         return float(s[0])
     return float(np.max(np.minimum(s[:-1], s[1:])))
+
+
+def bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
+    """The smallest box (one slice per axis) holding every True voxel of ``mask``; an empty
+    box at the origin when there is none."""
+    box: list[slice] = []
+    view = mask
+    for axis in range(mask.ndim):  # each axis on the part the earlier ones left (cheaper)
+        hit = np.flatnonzero(view.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hit.size == 0:
+            return tuple(slice(0, 0) for _ in range(mask.ndim))
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+        view = mask[tuple(box)]
+    return tuple(box)
 
 
 def remove_specks(mask: np.ndarray, min_voxels: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -465,15 +499,26 @@ def segment_volume(
     weight = z_smoothing_weight(sp, h, logits[0].shape[-2]) if z_smoothing is None else z_smoothing
     if weight > 0 and n > 1:
         logits = [smooth_over_slices(torch.cat(logits), weight)]
-    probs, done = np.empty((n, h, w), dtype=np.float32), 0
+    thr = serving.threshold
+    # probability > thr  <=>  logit > logit(thr): the mask needs no sigmoid over every voxel
+    cut = math.log(thr / (1.0 - thr)) if 0.0 < thr < 1.0 else (-math.inf if thr <= 0 else math.inf)
+    mask, done = np.empty((n, h, w), dtype=bool), 0
     for chunk_logits in logits:
         k = chunk_logits.shape[0]
-        probs[done : done + k] = mask_probabilities(chunk_logits, (h, w)).cpu().numpy()
+        up = F.interpolate(chunk_logits.float(), size=(h, w), mode="bilinear", align_corners=False)
+        mask[done : done + k] = (up[:, 0] > cut).cpu().numpy()
         done += k
+
+    def probs() -> np.ndarray:
+        out, at = np.empty((n, h, w), dtype=np.float32), 0
+        for chunk_logits in logits:
+            k = chunk_logits.shape[0]
+            out[at : at + k] = mask_probabilities(chunk_logits, (h, w)).cpu().numpy()
+            at += k
+        return volume.to_stored(out)
+
     slice_scores = torch.sigmoid(serving.calibrate(raw_t)).numpy().astype(np.float32)
     score = agreeing_score(slice_scores)
-    thr = serving.threshold
-    mask = probs > thr
     mask[slice_scores < thr] = False
     if score < thr:
         mask[:] = False
@@ -481,9 +526,13 @@ def segment_volume(
         min_vox = max(1, int(math.ceil(min_component_mm3 / float(np.prod(sp)))))
     else:
         min_vox = min_component_voxels
-    mask, labels, n_comp = remove_specks(mask, min_vox)
+    # Components and measurements on the box around the finding only (a kidney's box is a
+    # few percent of the volume): the same answer, a fraction of the work.
+    box = bounding_box(mask)
+    crop, labels, n_comp = remove_specks(mask[box], min_vox)
     if sp is not None and n > 1:
-        mask, labels, n_comp = drop_flat_components(mask, labels, n_comp, sp)
+        crop, labels, n_comp = drop_flat_components(crop, labels, n_comp, sp)
+    mask[box] = crop
     new_words = unfamiliar(text, vocabulary)
     verdict = serving.verdict(
         score, bool(mask.any()), encoded.ood_score, unfamiliar=ungrounded(text, vocabulary)
@@ -493,12 +542,13 @@ def segment_volume(
         labels[:] = 0
         n_comp = 0
     vols, diam, where = measure_components(labels, n_comp, sp, max_measured)
+    where = [k + box[0].start for k in where]
     voxels = int(mask.sum())
     volume_ml = None if sp is None else voxels * float(np.prod(sp)) / 1000.0
     return VolumeResult(
         text=text,
         mask=volume.to_stored(mask),
-        probs=volume.to_stored(probs),
+        probs=probs,
         score=score,
         verdict=verdict,
         volume_ml=volume_ml,
