@@ -124,7 +124,8 @@ def test_bounding_box_holds_every_voxel_and_nothing_more():
             assert m[box].size == 0
             continue
         nz = np.argwhere(m)
-        assert box == tuple(slice(int(lo), int(hi) + 1) for lo, hi in zip(nz.min(0), nz.max(0)))
+        lows, highs = nz.min(0), nz.max(0)
+        assert box == tuple(slice(int(lo), int(hi) + 1) for lo, hi in zip(lows, highs, strict=True))
         assert m[box].sum() == m.sum()
 
 
