@@ -6,7 +6,7 @@ import torch
 
 from vlseg.calibration import expected_calibration_error, fit_calibration
 from vlseg.chat.replies import describe
-from vlseg.ood import OODDetector, fit_ood
+from vlseg.ood import OODDetector, fit_ood, ood_features
 from vlseg.predictor import Segmenter
 from vlseg.registry import build_model, model_config
 from vlseg.serving import ServingConfig
@@ -40,6 +40,34 @@ def test_ood_fit_scores_far_points_higher_and_round_trips(tmp_path):
         det.score(np.zeros((1, 8)))
 
 
+def test_ood_feature_kinds_and_fits_saved_before_kinds_existed(tmp_path):
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    maps = [torch.randn(3, 8, s, s, generator=g) for s in (16, 8, 4, 2)]
+    means = ood_features(maps, "means")
+    layout = ood_features(maps, "means+layout")
+    assert means.shape == (3, 32) and layout.shape == (3, 32 + 8 * 4)
+    np.testing.assert_allclose(layout[:, :32], means, atol=1e-6)  # the means block, then layout
+    np.testing.assert_allclose(np.linalg.norm(layout[:, 32:], axis=1), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="feature kind"):
+        ood_features(maps, "gram")
+    rng = np.random.default_rng(0)
+    det = fit_ood(rng.normal(0, 1, (200, 64)))
+    assert det.features == "means+layout"
+    det.save(tmp_path)
+    assert OODDetector.load(tmp_path).features == "means+layout"
+    # a fit written without the kind (earlier releases) is a "means" fit
+    old = fit_ood(rng.normal(0, 1, (200, 32)), features="means")
+    save_file(
+        {"mean": torch.from_numpy(old.mean), "precision": torch.from_numpy(old.precision)},
+        str(tmp_path / "ood.safetensors"),
+    )
+    again = OODDetector.load(tmp_path)
+    assert again.features == "means"
+    np.testing.assert_allclose(again.score_maps(maps), old.score(means), rtol=1e-6)
+
+
 def _img(seed=0):
     return (np.random.default_rng(seed).random((40, 48)) * 255).astype(np.uint8)
 
@@ -54,7 +82,7 @@ def test_verdicts_unsure_and_out_of_domain():
     seg.serving = ServingConfig(unsure=(0.0, 1.0))  # every score falls in the band
     res = seg.segment(_img(), "the liver")
     assert res.verdict == "unsure" and not res.present and "unsure" in describe(res)
-    feats = seg.encode([_img(i) for i in range(6)]).pooled
+    feats = ood_features(seg.encode([_img(i) for i in range(6)]).features.maps)
     seg.ood = fit_ood(feats)
     seg.serving = ServingConfig(ood_threshold=-1.0)  # every image is beyond it
     res = seg.segment(_img(), "the liver")
@@ -141,7 +169,7 @@ def test_chat_classification_warns_on_an_out_of_domain_image(tmp_path):
     assert (
         "unlike what this model was trained on" not in svc.respond(session, "what is this?").reply
     )
-    seg.ood = fit_ood(seg.encode([_img(i) for i in range(6)]).pooled)
+    seg.ood = fit_ood(ood_features(seg.encode([_img(i) for i in range(6)]).features.maps))
     svc.respond(session, "", [str(path)])  # re-encoded: now with an out-of-domain score
     assert seg.out_of_domain(session.encoded) == [True]
     assert "unlike what this model was trained on" in svc.respond(session, "what is this?").reply

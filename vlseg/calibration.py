@@ -111,9 +111,17 @@ def presence_logits(seg, ds, *, limit: int | None = None, progress: bool = False
     return np.array(logits), np.array(labels, dtype=bool)
 
 
-def ood_features(seg, images: list, *, batch_size: int = 32) -> np.ndarray:
-    """The out-of-domain features (``EncodedImage.pooled``) of image paths, in batches."""
-    out = [seg.encode(images[i : i + batch_size]).pooled for i in range(0, len(images), batch_size)]
+def ood_features(seg, images: list, *, batch_size: int = 32, kind: str | None = None) -> np.ndarray:
+    """The out-of-domain features (``vlseg.ood.ood_features``, default kind) of image paths,
+    in batches."""
+    from .ood import DEFAULT_FEATURES
+    from .ood import ood_features as features_of
+
+    kind = kind or DEFAULT_FEATURES
+    out = [
+        features_of(seg.encode(images[i : i + batch_size]).features.maps, kind)
+        for i in range(0, len(images), batch_size)
+    ]
     return np.concatenate(out)
 
 
@@ -184,6 +192,7 @@ def calibrate_checkpoint(
         "calibration": cal,
         "unsure": list(unsure) if unsure else None,
         "ood_threshold": threshold,
+        "ood_features": detector.features,
         "val_expressions": int(len(z)),
         "val_ece_raw": expected_calibration_error(p_raw, y),
         "val_ece_calibrated": expected_calibration_error(p_cal, y),

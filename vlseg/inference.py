@@ -70,11 +70,13 @@ class EncodedImage:
 
     @property
     def pooled(self) -> np.ndarray:
-        """N x (sum of widths) L2-normalised global averages of the multi-scale maps: the
-        out-of-domain detector's features (they describe appearance at every scale, where the
-        CLIP embedding keeps only what separates the training captions)."""
-        pooled = torch.cat([m.detach().float().mean((2, 3)) for m in self.features.maps], 1)
-        return F.normalize(pooled, dim=-1).cpu().numpy().astype(np.float32)
+        """N x (sum of widths) L2-normalised global averages of the multi-scale maps (they
+        describe appearance at every scale, where the CLIP embedding keeps only what separates
+        the training captions): the ``"means"`` out-of-domain features
+        (``vlseg.ood.ood_features``)."""
+        from .ood import ood_features
+
+        return ood_features(self.features.maps, "means")
 
 
 @dataclass

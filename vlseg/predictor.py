@@ -257,7 +257,7 @@ class Segmenter:
                 self.model, x, [im.size for im in loaded], [im.spacing for im in loaded], loaded
             )
         if self.ood is not None:
-            encoded.ood_scores = [float(v) for v in self.ood.score(encoded.pooled)]
+            encoded.ood_scores = [float(v) for v in self.ood.score_maps(encoded.features.maps)]
         return encoded
 
     def set_image(self, image, **kwargs) -> Segmenter:

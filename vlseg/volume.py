@@ -256,7 +256,7 @@ def encode_volume(
         pixels = pixels.to(device).contiguous(memory_format=memory_format)
         enc = encode(model, pixels, [(h, w)] * len(part), [spacing2] * len(part))
         if ood is not None:
-            enc.ood_scores = [float(v) for v in ood.score(enc.pooled)]
+            enc.ood_scores = [float(v) for v in ood.score_maps(enc.features.maps)]
         chunks.append(enc)
         if progress is not None:
             progress(min(start + batch_size, n), n)
