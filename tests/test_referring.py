@@ -638,3 +638,40 @@ def test_selector_is_frozen_and_describes_itself():
         sel.rank = 3  # type: ignore[misc]
     assert sel.describe() == "from the top (rank 2)"
     assert parse_selector("the lesion nearest the aorta").describe() == "nearest to the aorta"
+
+
+def test_evaluate_scores_the_resolved_answer(seg, tmp_path):
+    """`vlseg eval` scores what Segmenter.segment answers: a prompt naming one lesion goes
+    through the resolver there too (and ``referring=False`` scores the direct answer)."""
+    from vlseg.data.manifest import ManifestDataset, read_manifest
+    from vlseg.data.phantoms import write_dataset
+    from vlseg.evaluation import evaluate
+
+    tmp_path = tmp_path / "ds"
+    write_dataset(tmp_path, 24, seed=3, modality="ct", prompts_per_target=2, progress=False)
+    wanted = ("lesion_largest", "lesion_smallest")
+    split = next(
+        s
+        for s in ("test", "val", "train")
+        if any(r.target in wanted for r in read_manifest(tmp_path, s))
+    )
+    vis = seg.model.vision
+    ds = ManifestDataset(
+        tmp_path, split, image_size=seg.image_size, mean=vis.mean, std=vis.std, prompt="all"
+    )
+    picked = {"resolved": [], "direct": []}
+    for mode, referring in (("resolved", True), ("direct", False)):
+
+        def keep(rec, res, target, positive, out=picked[mode]):
+            if parse_selector(res.text) is not None:
+                out.append((rec, res))
+
+        evaluate(seg.model, ds, serving=seg.serving, on_item=keep, referring=referring)
+    assert picked["resolved"], "the split has prompts naming one lesion"
+    differs = 0
+    for (rec, res), (_, raw) in zip(picked["resolved"], picked["direct"], strict=True):
+        mine = seg.segment(str(rec.image), res.text)
+        assert (mine.mask != res.mask).mean() <= 0.002, res.text
+        assert res.n_components <= 1 or res.note
+        differs += int((res.mask != raw.mask).any())
+    assert differs > 0  # the direct answers are not the resolved ones

@@ -160,6 +160,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from vlseg.vocabulary import unfamiliar
 
     seg = load(args.model, adapter=args.adapter)
+    seg.referring = not args.no_referring
     vis = seg.model.vision
     results = {}
     for split in args.split:
@@ -202,6 +203,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             progress=True,
             on_item=flag,
             vocabulary=seg.vocabulary,
+            referring=seg.referring,
         )
         r = results[split]
         if flags:
@@ -228,7 +230,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                     f"{100 * r['unfamiliar_flagged']:.1f}% of {len(flags)}"
                 )
     if args.out:
-        write_json(args.out, {"model": str(args.model), "data": str(args.data), "results": results})
+        write_json(
+            args.out,
+            {
+                "model": str(args.model),
+                "data": str(args.data),
+                "referring": seg.referring,
+                "results": results,
+            },
+        )
         print(f"wrote {args.out}")
     return 0
 
@@ -676,6 +686,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", nargs="+", default=["test"], help="one or more splits")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--limit", type=int, default=None, help="evaluate at most this many items")
+    p.add_argument(
+        "--no-referring",
+        action="store_true",
+        help="score the model's direct answer to prompts naming one instance ('the largest "
+        "lesion') instead of the referring resolver's, which Segmenter.segment uses",
+    )
     p.add_argument("--out", help="metrics JSON path")
     p.set_defaults(func=_cmd_eval)
 

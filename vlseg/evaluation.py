@@ -2,7 +2,9 @@
 
 A prediction here is exactly what a user of ``Segmenter.segment`` gets for the same image and
 text: the same ``encode`` / ``decode`` / ``postprocess`` (:mod:`vlseg.inference`), the same
-serving threshold and calibration.
+serving threshold and calibration, and the same lesion-level referring (a prompt naming one
+instance, "the largest hepatic lesion", is answered by resolving the base prompt's components:
+:mod:`vlseg.referring`; ``referring=False`` scores the model's direct answer instead).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from tqdm import tqdm
 from .data.manifest import ManifestDataset, collate, load_record_target
 from .inference import decode, encode, postprocess
 from .metrics import SegmentationMeter, binary_auroc
+from .referring import parse_selector, resolve
 from .serving import ServingConfig
 
 
@@ -33,6 +36,7 @@ def evaluate(
     on_item: Callable[..., None] | None = None,
     hd95: bool = True,
     vocabulary=None,
+    referring: bool = True,
 ) -> dict[str, float]:
     """Referring segmentation metrics over a dataset.
 
@@ -54,6 +58,8 @@ def evaluate(
         hd95: also compute HD95 (at the original resolution only; the slowest metric).
         vocabulary: the model's training words (``Segmenter.vocabulary``): results then name
             a prompt's unfamiliar words and answer "unsure" for them, as users get them.
+        referring: answer prompts that name one instance through the referring resolver, as
+            ``Segmenter.segment`` does (False: the model's direct answer to the text).
     """
     serving = serving or ServingConfig()
     device = device or next(model.parameters()).device
@@ -70,13 +76,34 @@ def evaluate(
         input_size = tuple(pixels.shape[-2:])
         sizes = [tuple(s) for s in batch["orig_size"]]
         encoded = encode(model, pixels, sizes, batch["spacing"])
-        results = postprocess(
-            decode(model, encoded, batch["text"]),
+        texts = list(batch["text"])
+        selectors = [parse_selector(t) if referring else None for t in texts]
+        # a selector's base prompt replaces it; its reference and organ are extra rows
+        asked = [t if sel is None else sel.base for t, sel in zip(texts, selectors, strict=True)]
+        rows = list(range(len(texts)))
+        extra: dict[tuple[str, int], int] = {}
+        for j, sel in enumerate(selectors):
+            for p in () if sel is None else (sel.reference, sel.within):
+                if p is not None and (p, j) not in extra:
+                    extra[(p, j)] = len(asked)
+                    asked.append(p)
+                    rows.append(j)
+        answers = postprocess(
+            decode(model, encoded, asked, rows),
             encoded,
             serving,
             size=None if original_resolution else input_size,
             vocabulary=vocabulary,
         )
+        results = []
+        for j, sel in enumerate(selectors):
+            if sel is None:
+                results.append(answers[j])
+                continue
+            ref = None if sel.reference is None else answers[extra[(sel.reference, j)]]
+            organ = None if sel.within is None else answers[extra[(sel.within, j)]]
+            spacing = batch["spacing"][j] if original_resolution else None
+            results.append(resolve(answers[j], sel, ref, within=organ, spacing=spacing))
         for j, res in enumerate(results):
             if original_resolution:
                 # the mask at the file's resolution (its slice for a volume)
