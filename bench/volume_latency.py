@@ -3,6 +3,7 @@ on the cached volume (decode only), and the process's peak memory.
 
     python bench/volume_latency.py                       # 100 slices of 256x256, phantom-tiny
     python bench/volume_latency.py --slices 100 --size 256 --repeats 3 --threads 2 --out r.json
+    python bench/volume_latency.py --model openai-clip-vit-b-16 --untrained --slices 32
 
 The volume is a 3-D CT phantom (``vlseg.data.phantoms.volume``) written as NIfTI, so the first
 prompt includes reading the file. Ratios are taken within this process; the CPU is recorded.
@@ -38,6 +39,12 @@ def peak_rss_mb() -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=None, help="name or checkpoint dir (default phantom-tiny)")
+    ap.add_argument(
+        "--untrained",
+        action="store_true",
+        help="allow a registered variant without trained weights (random weights: speed only, "
+        "e.g. --model openai-clip-vit-b-16)",
+    )
     ap.add_argument("--slices", type=int, default=100)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
@@ -52,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="vlseg-bench-"))
     path = tmp / "volume.nii.gz"
     vol.save_nifti(path)
-    seg = vlseg.load(args.model)
+    seg = vlseg.load(args.model, allow_untrained=args.untrained)
     rss_loaded = peak_rss_mb()
     # warm-up: one full pass (allocators, oneDNN primitives)
     seg.segment(seg.encode_volume(path, batch_size=args.batch_size), FIRST)
