@@ -13,7 +13,15 @@ from safetensors.torch import load_file
 from vlseg.align import AlignConfig, align, multi_positive_clip_loss
 from vlseg.checkpoint import load_checkpoint, save_checkpoint
 from vlseg.data.manifest import read_manifest
-from vlseg.paraphrase import DERM_CLASSES, ImageFacts, Paraphraser, caption_pool, image_facts
+from vlseg.paraphrase import (
+    DERM_CLASSES,
+    ImageFacts,
+    Paraphraser,
+    caption_pool,
+    caption_pool_with_claims,
+    fact_claims,
+    image_facts,
+)
 from vlseg.registry import build_model, model_config
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "zeroshot_wording.py"
@@ -92,6 +100,48 @@ def test_paraphrases_never_use_a_benchmark_wording(tiny_data):
             continue
         bad = [t for t in texts if (nw in t if len(nw.split()) > 1 else nw == t)]
         assert not bad, f"bench wording {w!r} in generated captions, e.g. {bad[:3]}"
+
+
+def test_caption_claims_hold_for_their_image_and_mark_other_true_images(tiny_data):
+    facts = list(image_facts(read_manifest(tiny_data)).values()) + [DERM, CT, NORMAL_NO_LIVER]
+    para = Paraphraser(0)
+    for i, f in enumerate(facts):
+        pool = caption_pool_with_claims(f, para, 40, key=f"img{i}")
+        assert [c for c, _ in pool] == caption_pool(f, para, 40, key=f"img{i}")
+        assert all(claims and claims <= fact_claims(f) for _, claims in pool)
+    nevus = ImageFacts("dermoscopy", "nevus", "dermoscopy image of a nevus on light skin")
+    derm = para.captions_with_claims(DERM, 64, key="k")
+    for cap, claims in derm:  # only a caption naming just the modality is true of a nevus
+        assert (claims <= fact_claims(nevus)) == (claims == {("modality", "dermoscopy")}), cap
+    assert any(c == {("modality", "dermoscopy")} for _, c in derm)
+    other_ct = ImageFacts(
+        "ct",
+        "hepatic lesion",
+        "abdominal CT slice with one hypodense hepatic lesion in the left lobe of the liver",
+        frozenset({"liver", "spleen"}),
+    )
+    ct = para.captions_with_claims(CT, 64, key="k")
+    true_of_other = {c for c, claims in ct if claims <= fact_claims(other_ct)}
+    assert true_of_other and all("right" not in c and "two" not in c for c in true_of_other)
+    # the slice without a liver: nothing about a normal liver holds for it
+    assert not any(claims <= fact_claims(NORMAL_NO_LIVER) for _, claims in ct
+                   if ("label", "hepatic lesion") in claims)  # fmt: skip
+    assert ("label", "normal liver") not in fact_claims(NORMAL_NO_LIVER)
+
+
+def test_fact_positives_mark_every_image_a_drawn_text_is_true_of():
+    from vlseg.align import _fact_positives
+
+    # claims: 0 = CT, 1 = dermoscopy, 2 = melanoma, 3 = nevus; images: CT, melanoma, nevus
+    truth = torch.tensor([[1, 0, 0, 0], [0, 1, 1, 0], [0, 1, 0, 1]], dtype=torch.bool)
+    # texts: "CT image", "dermoscopy image", "melanoma on dermoscopy", a text with no claims
+    text_claims = torch.tensor([[0, -1], [1, -1], [1, 2], [-2, -1]])
+    tr = {"truth": truth, "text_claims": text_claims}
+    idx, text_id = torch.tensor([0, 1, 2, 2]), torch.tensor([0, 2, 1, 3])
+    got = _fact_positives(tr, idx, text_id)
+    want = torch.tensor([[1, 0, 0, 0], [0, 1, 1, 0], [0, 0, 1, 0], [0, 0, 1, 0]], dtype=torch.bool)
+    assert torch.equal(got, want)
+    assert not _fact_positives(tr, idx, torch.tensor([-1, -1, -1, -1])).any()  # averaged texts
 
 
 def test_multi_positive_loss_matches_clip_loss_without_extras():

@@ -19,7 +19,10 @@ Wording-robust alignment (``paraphrases: N``): each image is paired with ``N`` c
 :mod:`vlseg.paraphrase` (what its records state, in varied wording) besides its manifest caption;
 every step draws one of them per image (the manifest caption with probability
 ``original_frac``), or the mean embedding of ``paraphrase_average`` of them. Images whose facts
-are identical, and images drawn with the same text, count as positives of each other. With
+are identical, and images drawn with the same text, count as positives of each other; with
+``fact_positives`` (the default) so does every image of the batch that a drawn paraphrase is
+true of (its claims, `vlseg.paraphrase.fact_claims`: "CT image" drawn for one CT image is a
+positive of every CT image, not a negative of the others). With
 ``hard_negatives: H`` each image also gets one of ``H`` contradicting captions of its own
 modality (another lesion class, the other hepatic label, an organ in / out of the slice) as an
 extra negative in its image-to-text row. The text tower is frozen, so every caption is embedded
@@ -52,7 +55,7 @@ from .data.manifest import captioned_images, read_manifest
 from .losses import clip_loss
 from .metrics import balanced_accuracy, binary_auroc, top1_accuracy
 from .ood import OOD_FILE
-from .paraphrase import Paraphraser, caption_pool, image_facts
+from .paraphrase import Paraphraser, caption_pool_with_claims, fact_claims, image_facts
 from .registry import model_config
 from .training import Checkpointer, MetricsLog, optimizer_step, warmup_cosine
 
@@ -85,6 +88,11 @@ class AlignConfig:
     paraphrase_average: int = 1  # mean of this many paraphrase embeddings per image and step
     original_frac: float = 0.25  # probability of drawing the manifest caption itself
     hard_negatives: int = 0  # contradicting captions per image (one drawn per step); 0 = none
+    # positives of a drawn paraphrase: every image of the batch it is true of (its claims are
+    # among the image's facts, vlseg.paraphrase.fact_claims); false = only images with identical
+    # facts or the same drawn text (then e.g. "CT image" drawn for one image is a negative of
+    # every other CT image in the batch)
+    fact_positives: bool = True
     caption_cache: str | None = None  # .safetensors reused across runs for paraphrase embeddings
 
 
@@ -285,12 +293,14 @@ def _paraphrase_table(model, datasets, split, images, cfg: AlignConfig, device) 
     """Caption pools of the training images as indices into one table of embedded texts.
 
     Returns ``text_emb`` (T x E), ``pool`` (N x P text ids, -1 padded; column 0 the manifest
-    caption), ``pool_n`` (N), ``signature`` (N: images with equal facts share an id) and, with
-    hard negatives, ``neg`` / ``neg_n`` likewise.
+    caption), ``pool_n`` (N), ``signature`` (N: images with equal facts share an id), with
+    hard negatives ``neg`` / ``neg_n`` likewise, and with ``fact_positives`` ``truth`` (N x C
+    bool: which claims hold for each image) and ``text_claims`` (T x K claim ids, -1 padded).
     """
     para = Paraphraser(cfg.paraphrase_seed)
     facts = _facts_for(datasets, split, images)
     texts: dict[str, int] = {}
+    said: dict[int, frozenset] = {}  # text id -> its claims
 
     def ids(caps: list[str]) -> list[int]:
         return [texts.setdefault(c, len(texts)) for c in caps]
@@ -298,7 +308,12 @@ def _paraphrase_table(model, datasets, split, images, cfg: AlignConfig, device) 
     pools, negs, sigs = [], [], {}
     for img, f in zip(images, facts, strict=True):
         key = img.name
-        pools.append(ids(caption_pool(f, para, cfg.paraphrases, key=key)))
+        pool = caption_pool_with_claims(f, para, cfg.paraphrases, key=key)
+        pools.append(ids([c for c, _ in pool]))
+        for t, (_, claims) in zip(pools[-1], pool, strict=True):
+            old = said.get(t)  # a paraphrase's claims beat a manifest caption's ("caption", c)
+            if old is None or any(c[0] == "caption" for c in old):
+                said[t] = claims
         if cfg.hard_negatives:
             rng = np.random.default_rng([cfg.paraphrase_seed, 1, *map(ord, key[-16:])])
             neg = {c for c in (para.contrast(f, rng) for _ in range(3 * cfg.hard_negatives)) if c}
@@ -313,7 +328,30 @@ def _paraphrase_table(model, datasets, split, images, cfg: AlignConfig, device) 
     out["pool"], out["pool_n"] = _pad(pools)
     if cfg.hard_negatives:
         out["neg"], out["neg_n"] = _pad(negs)
+    if cfg.fact_positives:
+        truths = [fact_claims(f) for f in facts]
+        vocab: dict = {}
+        for claims in [*truths, *said.values()]:
+            for c in sorted(claims, key=repr):
+                vocab.setdefault(c, len(vocab))
+        truth = torch.zeros(len(truths), len(vocab), dtype=torch.bool)
+        for i, claims in enumerate(truths):
+            truth[i, [vocab[c] for c in claims]] = True
+        # a text without claims (none is generated) would be true of everything: give it none
+        rows = [[vocab[c] for c in said.get(t, ())] or [-2] for t in range(len(table))]
+        out["truth"] = truth
+        out["text_claims"], _ = _pad(rows)
     return out
+
+
+def _fact_positives(tr: dict, idx: torch.Tensor, text_id: torch.Tensor) -> torch.Tensor:
+    """B x B bool: drawn text j states only claims that hold for image i (texts averaged over
+    several paraphrases, text id -1, match nothing here)."""
+    claims = tr["text_claims"][text_id.clamp(min=0)]  # B x K, -1 padded, -2 = never true
+    truth = tr["truth"][idx]  # B x C
+    ok = truth[:, claims.clamp(min=0)] | (claims == -1)[None]  # B x B x K
+    ok &= (claims != -2)[None]
+    return ok.all(-1) & (text_id >= 0)[None, :]
 
 
 def _pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -524,6 +562,8 @@ def _train_head(model, head, params, tr: dict, va: dict, cfg: AlignConfig, devic
             same = (tr["signature"][idx][:, None] == tr["signature"][idx][None, :]) | (
                 (text_id[:, None] == text_id[None, :]) & (text_id[:, None] >= 0)
             )
+            if "truth" in tr:
+                same |= _fact_positives(tr, idx, text_id)
             loss = multi_positive_clip_loss(
                 emb,
                 txt.to(device),

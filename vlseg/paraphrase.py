@@ -317,6 +317,68 @@ def _key_seed(seed: int, key: str) -> list[int]:
     return [int(seed), zlib.crc32(key.encode("utf-8"))]
 
 
+# ----------------------------------------------------------------------------------------------
+# Claims: what a caption states, so that a caption drawn for one image can be recognised as true
+# of another (multi-positive contrastive training; ``vlseg align``).
+#
+# A claim is a small tuple: ("modality", m), ("label", l), ("caption", c) (a manifest caption
+# states everything it says, so only images with that caption share it), ("tone", t), ("ink",),
+# ("hair",), ("organ", o, shown), ("lesions_many", bool), ("lesion_count", 1 | 2 | 3),
+# ("density", "hypo" | "hyper"), ("lobe", "right" | "left" | "both"). A caption is true of an
+# image when its claims are a subset of `fact_claims` of that image.
+
+
+def _lesion_count(facts: ImageFacts) -> int:
+    """Lesion count as captions state it (3 stands for three or more)."""
+    m = re.search(r"\b(one|two|three|four)\b", facts.caption)
+    if m:
+        return {"one": 1, "two": 2, "three": 3, "four": 3}[m.group(1)]
+    return 2 if any(k.startswith("lesion_largest") for k in facts.present) else 1
+
+
+def _densities(facts: ImageFacts) -> list[str]:
+    dens = [d for d in ("hypo", "hyper") if f"lesions_{d}dense" in facts.present]
+    if not dens:  # captions name the density even when records do not
+        dens = [d for d in ("hypo", "hyper") if f"{d}dense" in facts.caption]
+    return dens
+
+
+def _lobes(facts: ImageFacts) -> list[str]:
+    return [lb for lb in ("right", "left") if f"lesions_{lb}_lobe" in facts.present]
+
+
+def fact_claims(facts: ImageFacts) -> frozenset:
+    """Every claim (see above) that is true of an image with these facts."""
+    out: set = {("modality", facts.modality)}
+    if facts.caption:
+        out.add(("caption", facts.caption))
+    if facts.modality == "dermoscopy":
+        if facts.label in DERM_CLASSES:
+            out.add(("label", facts.label))
+        tone = re.search(r"\bon (light|medium|dark) skin\b", facts.caption)
+        if tone:
+            out.add(("tone", tone.group(1)))
+        if "ink" in facts.present:
+            out.add(("ink",))
+        if "hair" in facts.caption:
+            out.add(("hair",))
+    elif facts.modality == "ct":
+        if facts.label == "hepatic lesion":
+            count = _lesion_count(facts)
+            out |= {("label", "hepatic lesion"), ("lesions_many", count > 1)}
+            out.add(("lesion_count", min(count, 3)))
+            out |= {("density", d) for d in _densities(facts)}
+            lobes = _lobes(facts)
+            if lobes:
+                out.add(("lobe", "both" if len(lobes) == 2 else lobes[0]))
+        elif facts.label == "normal liver" and "liver" not in facts.absent:
+            out.add(("label", "normal liver"))
+        for o in ORGANS:
+            if o in facts.present or o in facts.absent:
+                out.add(("organ", o, o not in facts.absent))
+    return frozenset(out)
+
+
 class Paraphraser:
     """Deterministic caption paraphrases of `ImageFacts` (see the module docstring)."""
 
@@ -327,28 +389,42 @@ class Paraphraser:
     def captions(self, facts: ImageFacts, n: int, *, key: str = "") -> list[str]:
         """Up to ``n`` distinct captions of ``facts`` (fewer only when the facts allow fewer);
         the same ``(seed, key, facts)`` always gives the same list."""
+        return [c for c, _ in self.captions_with_claims(facts, n, key=key)]
+
+    def captions_with_claims(
+        self, facts: ImageFacts, n: int, *, key: str = ""
+    ) -> list[tuple[str, frozenset]]:
+        """`captions`, each with the claims it states (a subset of ``fact_claims(facts)``)."""
         rng = np.random.default_rng(_key_seed(self.seed, key or facts.caption))
-        out: list[str] = []
+        out: list[tuple[str, frozenset]] = []
         seen: set[str] = set()
         for _ in range(50 * n):
-            cap = self.compose(facts, rng)
+            cap, claims = self.compose_with_claims(facts, rng)
             norm = cap.lower()
             if norm not in seen:
                 seen.add(norm)
-                out.append(cap)
+                out.append((cap, claims))
             if len(out) == n:
                 break
         return out
 
     def compose(self, facts: ImageFacts, rng: np.random.Generator) -> str:
         """One caption of ``facts``."""
+        return self.compose_with_claims(facts, rng)[0]
+
+    def compose_with_claims(
+        self, facts: ImageFacts, rng: np.random.Generator
+    ) -> tuple[str, frozenset]:
+        """One caption of ``facts`` and the claims it states."""
         if facts.modality not in FORMS:
-            return facts.caption
+            return facts.caption, frozenset({("caption", facts.caption)})
         forms, weights = zip(*FORMS[facts.modality], strict=True)
         form = forms[int(rng.choice(len(forms), p=np.array(weights) / sum(weights)))]
         if facts.modality == "dermoscopy":
-            return self._derm(facts, rng, form)
-        return self._ct(facts, rng, form)
+            cap, claims = self._derm(facts, rng, form)
+        else:
+            cap, claims = self._ct(facts, rng, form)
+        return cap, frozenset(claims)
 
     def contrast(self, facts: ImageFacts, rng: np.random.Generator) -> str | None:
         """A caption of the same modality that contradicts ``facts`` on one thing it names (a
@@ -357,7 +433,7 @@ class Paraphraser:
         if facts.modality == "dermoscopy" and facts.label in DERM_CLASSES:
             other = _pick(rng, [c for c in DERM_CLASSES if c != facts.label])
             neg = replace(facts, label=other)
-            return self._derm(neg, rng, _pick(rng, ["full", "full", "finding", "lay"]))
+            return self._derm(neg, rng, _pick(rng, ["full", "full", "finding", "lay"]))[0]
         if facts.modality != "ct":
             return None
         flip_label = facts.label in CT_LABELS and "liver" not in facts.absent
@@ -368,65 +444,75 @@ class Paraphraser:
             neg = replace(
                 facts, label=other, caption="", present=frozenset(facts.present - lesion_keys)
             )
-            return self._ct(neg, rng, _pick(rng, ["full", "full", "finding"]))
+            return self._ct(neg, rng, _pick(rng, ["full", "full", "finding"]))[0]
         if not organs:
             return None
         organ = _pick(rng, organs)
-        return self._organ_clause(facts, rng, organ=organ, flip=True, mod=True)
+        return self._organ_clause(facts, rng, organ=organ, flip=True, mod=True)[0]
 
     # -- dermoscopy --------------------------------------------------------------------------
-    def _derm_extra(self, facts: ImageFacts, rng) -> str:
-        bits = []
+    def _derm_extra(self, facts: ImageFacts, rng) -> tuple[str, set]:
+        bits, claims = [], set()
         tone = re.search(r"\bon (light|medium|dark) skin\b", facts.caption)
         if tone and rng.random() < 0.6:
             bits.append(_pick(rng, TONE[tone.group(1)]))
+            claims.add(("tone", tone.group(1)))
         if "ink" in facts.present and rng.random() < 0.5:
             bits.append(_pick(rng, INK))
+            claims.add(("ink",))
         elif "hair" in facts.caption and rng.random() < 0.4:
             bits.append(_pick(rng, HAIR))
-        return " ".join(bits)
+            claims.add(("hair",))
+        return " ".join(bits), claims
 
-    def _derm(self, facts: ImageFacts, rng, form: str) -> str:
+    def _derm(self, facts: ImageFacts, rng, form: str) -> tuple[str, set]:
         mod = _pick(rng, DERM_MODALITY)
+        said = {("modality", "dermoscopy")}
         if facts.label not in DERM_CLASSES:
-            return mod if form == "modality" or not facts.caption else facts.caption
+            if form == "modality" or not facts.caption:
+                return mod, said
+            return facts.caption, {("caption", facts.caption)}
         name = _pick(rng, DERM_NAMES[facts.label])
         if form == "modality":
-            return _pick(rng, [mod, f"{mod} of a skin lesion", f"{mod} of a pigmented spot"])
+            return _pick(rng, [mod, f"{mod} of a skin lesion", f"{mod} of a pigmented spot"]), said
+        said.add(("label", facts.label))
         if form == "lay":
             lay = _pick(rng, DERM_LAY[facts.label])
-            return _pick(rng, [lay, f"{lay} ({name})", f"{name}, a {lay}", f"{mod} of a {lay}"])
+            cap = _pick(rng, [lay, f"{lay} ({name})", f"{name}, a {lay}", f"{mod} of a {lay}"])
+            return cap, said
         if form == "finding":
-            return name
-        extra = self._derm_extra(facts, rng)
+            return name, said
+        extra, extra_claims = self._derm_extra(facts, rng)
         frame = _pick(rng, DERM_FRAMES)
-        if "{extra}" in frame and not extra:
-            frame = frame.replace(" {extra}", "")
-        return frame.format(mod=mod, name=name, extra=extra).strip()
+        if "{extra}" in frame:
+            if extra:
+                said |= extra_claims
+            else:
+                frame = frame.replace(" {extra}", "")
+        return frame.format(mod=mod, name=name, extra=extra).strip(), said
 
     # -- CT ----------------------------------------------------------------------------------
-    def _lesion_phrase(self, facts: ImageFacts, rng) -> str:
-        multiple = any(k.startswith("lesion_largest") for k in facts.present)
-        m = re.search(r"\b(one|two|three|four)\b", facts.caption)
-        count = {"one": 1, "two": 2, "three": 3, "four": 3}.get(m.group(1), 1) if m else None
-        if count is None:
-            count = 2 if multiple else 1
+    def _lesion_phrase(self, facts: ImageFacts, rng) -> tuple[str, set]:
+        count = _lesion_count(facts)
+        said = {("label", "hepatic lesion")}
         if rng.random() < 0.12:
-            return _pick(rng, LESION_LAY)
+            return _pick(rng, LESION_LAY), said
         sing, plur = _pick(rng, LESION_NOUNS)
         noun = plur if count > 1 else sing
-        dens = [d for d in ("hypo", "hyper") if f"lesions_{d}dense" in facts.present]
-        if not dens:  # captions name the density even when records do not
-            dens = [d for d in ("hypo", "hyper") if f"{d}dense" in facts.caption]
-        lobes = [lb for lb in ("right", "left") if f"lesions_{lb}_lobe" in facts.present]
+        said.add(("lesions_many", count > 1))
+        dens = _densities(facts)
+        lobes = _lobes(facts)
         words = []
         r = rng.random()
         if r < 0.35 and count > 1:
             words.append(_pick(rng, ["multiple", "several"]) if count > 2 else _pick(rng, COUNT[2]))
+            said.add(("lesion_count", min(count, 3)))
         elif r < 0.35:
             words.append(_pick(rng, COUNT[1]))
+            said.add(("lesion_count", 1))
         if dens and rng.random() < 0.5:
             words.append(" and ".join(_pick(rng, DENSITY[d]) for d in dens))
+            said |= {("density", d) for d in dens}
         words.append(noun)
         phrase = " ".join(words)
         if lobes and rng.random() < 0.4:
@@ -434,70 +520,94 @@ class Paraphraser:
                 phrase += " in both lobes"
             else:
                 phrase += " " + _pick(rng, LOBE[lobes[0]])
+            said.add(("lobe", "both" if len(lobes) == 2 else lobes[0]))
         if phrase.startswith("a ") and phrase[2:3] in "aeiou":
             phrase = "an " + phrase[2:]
-        return phrase
+        return phrase, said
 
-    def _finding(self, facts: ImageFacts, rng) -> str | None:
-        """The hepatic finding, or None when the slice has no liver (or no label)."""
+    def _finding(self, facts: ImageFacts, rng) -> tuple[str | None, set]:
+        """The hepatic finding (and its claims), or None when the slice has no liver (or no
+        label)."""
         if "liver" in facts.absent and facts.label != "hepatic lesion":
-            return None
+            return None, set()
         if facts.label == "hepatic lesion":
             return self._lesion_phrase(facts, rng)
         if facts.label == "normal liver":
-            return _pick(rng, NORMAL_LIVER)
-        return None
+            return _pick(rng, NORMAL_LIVER), {("label", "normal liver")}
+        return None, set()
 
     def _organ_clause(
         self, facts: ImageFacts, rng, *, organ: str | None = None, flip: bool = False, mod=False
-    ) -> str | None:
+    ) -> tuple[str | None, set]:
         """Whether an organ is on the slice (``organ``, else one drawn, absent ones more often);
-        ``flip`` states the opposite; ``mod`` may prefix a modality phrase."""
+        ``flip`` states the opposite; ``mod`` may prefix a modality phrase. With its claims."""
         known = [o for o in ORGANS if o in facts.present or o in facts.absent]
         if organ is None:
             if not known:
-                return None
+                return None, set()
             gone = [o for o in known if o in facts.absent]
             organ = _pick(rng, gone) if gone and rng.random() < 0.7 else _pick(rng, known)
         shown = organ not in facts.absent
         name = _pick(rng, ORGAN_NAMES[organ])
+        named = {organ}
         pair = {"kidney_right", "kidney_left"}
         if organ in pair and not flip and rng.random() < 0.5:
             both = pair & facts.absent if not shown else pair - facts.absent
             if both == pair:  # both in, or both out, of the slice
                 name = _pick(rng, ORGAN_NAMES["kidneys"])
+                named = pair
+        said = {("organ", o, shown != flip) for o in named}
         clause = _pick(rng, ORGAN_IN if shown != flip else ORGAN_OUT).format(o=name)
         if mod and rng.random() < 0.5:
             clause = _pick(rng, [f"{_pick(rng, CT_MODALITY)}, {clause}", f"{clause} on CT"])
-        return clause
+        return clause, said
 
-    def _ct(self, facts: ImageFacts, rng, form: str) -> str:
+    def _ct(self, facts: ImageFacts, rng, form: str) -> tuple[str, set]:
         mod = _pick(rng, CT_MODALITY)
-        finding = self._finding(facts, rng)
-        organ = self._organ_clause(facts, rng)
+        said = {("modality", "ct")}
+        finding, finding_claims = self._finding(facts, rng)
+        organ, organ_claims = self._organ_clause(facts, rng)
         if form == "modality":
-            return _pick(rng, [mod, f"{mod} of the abdomen", f"{mod} of a patient"])
+            return _pick(rng, [mod, f"{mod} of the abdomen", f"{mod} of a patient"]), said
         if form == "organs" and organ:
-            return _pick(rng, [organ, f"{mod}, {organ}", f"{organ} on {mod}", f"{mod}; {organ}"])
+            cap = _pick(rng, [organ, f"{mod}, {organ}", f"{organ} on {mod}", f"{mod}; {organ}"])
+            return cap, said | organ_claims
         if finding is None:  # no liver on the slice: say so, and what else is (not) there
             gone = _pick(rng, ORGAN_OUT).format(o=_pick(rng, ORGAN_NAMES["liver"]))
-            return _pick(rng, [gone, f"{mod}, {gone}", f"{mod}; {organ or gone}"])
+            j = int(rng.integers(3))  # as _pick over the three forms below
+            cap = [gone, f"{mod}, {gone}", f"{mod}; {organ or gone}"][j]
+            if j == 2 and organ:
+                return cap, said | organ_claims
+            return cap, said | {("organ", "liver", False)}
+        said |= finding_claims
         frames = LESION_FRAMES if facts.label == "hepatic lesion" else NORMAL_FRAMES
         if form == "finding":
-            return finding
+            return finding, said
         caption = _pick(rng, frames).format(mod=mod, find=finding)
         if form == "mixed" and organ:
             caption = _pick(
                 rng, [f"{caption}; {organ}", f"{organ}; {caption}", f"{caption}, {organ}"]
             )
-        return caption
+            said |= organ_claims
+        return caption, said
 
 
 def caption_pool(
     facts: ImageFacts, paraphraser: Paraphraser, n: int, *, key: str, original: bool = True
 ) -> list[str]:
     """``n`` paraphrases of ``facts``, after the manifest caption when ``original``."""
-    caps = paraphraser.captions(facts, n, key=key)
+    return [
+        c for c, _ in caption_pool_with_claims(facts, paraphraser, n, key=key, original=original)
+    ]
+
+
+def caption_pool_with_claims(
+    facts: ImageFacts, paraphraser: Paraphraser, n: int, *, key: str, original: bool = True
+) -> list[tuple[str, frozenset]]:
+    """`caption_pool`, each caption with the claims it states (the manifest caption states
+    ``("caption", caption)``: it is true of the images with that caption)."""
+    caps = paraphraser.captions_with_claims(facts, n, key=key)
     if original and facts.caption:
-        caps = [facts.caption] + [c for c in caps if c.lower() != facts.caption.lower()]
+        own = (facts.caption, frozenset({("caption", facts.caption)}))
+        caps = [own] + [c for c in caps if c[0].lower() != facts.caption.lower()]
     return caps
