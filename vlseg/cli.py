@@ -559,6 +559,16 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_mix(args: argparse.Namespace) -> int:
+    from vlseg.data.manifest.mix import mix_manifests
+
+    path, counts = mix_manifests(args.out, args.sources, splits=tuple(args.splits), seed=args.seed)
+    for src, n in counts.items():
+        print(f"{src}: {n} records")
+    print(f"wrote {path}")
+    return 0
+
+
 def _cmd_vocabulary(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -678,6 +688,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["coop", "cocoop", "vpt", "maple", "lora"])
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. limit=16 n_ctx=8")
     p.set_defaults(func=_cmd_tune)
+
+    p = sub.add_parser(
+        "mix", help="one training manifest from several datasets (absolute paths, no copies)"
+    )
+    p.add_argument("--out", required=True, help="folder for the mixed manifest.jsonl")
+    p.add_argument(
+        "sources",
+        nargs="+",
+        help="dataset folders, each optionally DIR:FRACTION to keep that share of its records",
+    )
+    p.add_argument("--splits", nargs="+", default=["train", "val"], help="splits to take")
+    p.add_argument("--seed", type=int, default=0, help="for the FRACTION draws")
+    p.set_defaults(func=_cmd_mix)
 
     p = sub.add_parser("eval", help="referring segmentation metrics on a manifest dataset")
     p.add_argument("--model", default=None, help="name or checkpoint dir (default phantom-tiny)")
