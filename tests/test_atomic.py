@@ -95,3 +95,30 @@ def test_old_import_paths_are_the_same_functions() -> None:
     assert io.atomic_write is atomic.atomic_write
     assert io.atomic_directory is atomic.atomic_directory
     assert io.write_json is atomic.write_json
+
+
+def test_scratch_writes_skip_fsync_but_stay_atomic(tmp_path: Path, monkeypatch) -> None:
+    calls = []
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: calls.append(fd))
+    target = tmp_path / "turn" / "overlay.png"
+    with atomic_write(target, durable=False) as tmp:
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new" and calls == []
+    with pytest.raises(RuntimeError), atomic_write(target, durable=False) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("writer failed")
+    assert target.read_bytes() == b"new"  # untouched, and no temporary file left behind
+    assert sorted(p.name for p in target.parent.iterdir()) == ["overlay.png"]
+    with atomic_write(target) as tmp:  # the default stays durable: file and folder
+        tmp.write_bytes(b"kept")
+    assert len(calls) == 2
+
+
+def test_chat_session_files_are_scratch_writes(tmp_path: Path, monkeypatch) -> None:
+    from vlseg.chat import render
+
+    calls = []
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: calls.append(fd))
+    render.write_png(np.zeros((4, 4, 3), np.uint8), tmp_path / "o.png")
+    render.write_mask_files([np.ones((4, 4), bool)], ["the liver"], tmp_path)
+    assert calls == [] and (tmp_path / "mask-01-the-liver.png").is_file()

@@ -47,7 +47,7 @@ os.umask(_UMASK)
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_write(path: str | os.PathLike[str], *, durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success fsync it and rename it over ``path``.
 
     Example:
@@ -59,6 +59,10 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
     Args:
         path: final destination; parent directories are created. An existing file keeps its
             permission bits; a new one gets the usual ``0o666 & ~umask``.
+        durable: fsync the file and its folder (it survives a power cut). False for scratch
+            files that only live as long as the process (the chat's per-turn images): readers
+            still never see a half-written file, and a turn skips the fsyncs (each ~0.15 ms on
+            a local SSD, tens of ms on network storage).
 
     Yields:
         The temporary path to write to (it exists and is empty; writers may also replace it).
@@ -71,15 +75,17 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        if durable:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         mode = path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_UMASK
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 @contextlib.contextmanager

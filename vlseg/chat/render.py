@@ -145,13 +145,14 @@ def slug(text: str, max_len: int = 40) -> str:
 def write_mask_files(
     masks: Sequence[np.ndarray], labels: Sequence[str], directory: Path
 ) -> list[Path]:
-    """One 0/255 PNG per mask at the image's own resolution, written atomically.
+    """One 0/255 PNG per mask at the image's own resolution, written atomically (not fsynced:
+    session files live as long as the server process).
 
     Returns:
         The paths, named ``mask-01-the-liver.png``, ...
     """
     return [
-        save_mask_png(m, directory / f"mask-{i:02d}-{slug(t)}.png")
+        save_mask_png(m, directory / f"mask-{i:02d}-{slug(t)}.png", durable=False)
         for i, (m, t) in enumerate(zip(masks, labels, strict=True), start=1)
     ]
 
@@ -160,8 +161,9 @@ PNG_COMPRESS_LEVEL = 1  # zlib's fastest: ~3x quicker than PIL's default, files 
 
 
 def write_png(rgb: np.ndarray, path: Path) -> Path:
-    """Write an H x W x 3 uint8 image as PNG (fast compression), atomically."""
-    with atomic_write(path) as tmp:
+    """Write an H x W x 3 uint8 image as PNG (fast compression), atomically; not fsynced
+    (session files live as long as the server process)."""
+    with atomic_write(path, durable=False) as tmp:
         Image.fromarray(rgb).save(tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return path
 

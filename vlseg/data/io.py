@@ -548,18 +548,19 @@ def _fmt_value(v: np.ndarray) -> str:
     return items[0] if len(items) == 1 else "(" + ", ".join(items) + ")"
 
 
-def save_mask_png(mask: np.ndarray, path: str | os.PathLike[str]) -> Path:
+def save_mask_png(mask: np.ndarray, path: str | os.PathLike[str], *, durable: bool = True) -> Path:
     """Write a binary mask as an 8-bit 0/255 PNG, atomically (never a half-written file).
 
     Args:
         mask: ``HxW`` bool array, or any array accepted by :func:`load_mask` (0/1, 0/255, ...).
         path: destination; parent directories are created.
+        durable: fsync it (see :func:`vlseg.atomic.atomic_write`).
 
     Returns:
         The destination path.
     """
     binary = load_mask(np.asarray(mask))
     path = Path(path)
-    with atomic_write(path) as tmp:
+    with atomic_write(path, durable=durable) as tmp:
         Image.fromarray(binary.astype(np.uint8) * 255, mode="L").save(tmp, format="PNG")
     return path
