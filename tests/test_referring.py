@@ -677,3 +677,23 @@ def test_evaluate_scores_the_resolved_answer(seg, tmp_path):
         assert res.n_components <= 1 or res.note
         differs += int((res.mask != raw.mask).any())
     assert differs > 0  # the direct answers are not the resolved ones
+
+
+def test_plan_referring_decodes_each_helper_prompt_once_per_image():
+    texts = ["the aorta", "the hepatic lesion nearest the aorta", "the largest hepatic lesion"]
+    selectors = [parse_selector(t) for t in texts]
+    from vlseg.referring import plan_referring
+
+    plan = plan_referring(texts * 2, [0, 0, 0, 1, 1, 1], selectors * 2)
+    near, big = selectors[1], selectors[2]
+    # own places kept (a selector's base in its place), then the organs each image needs
+    assert plan.texts[:6] == ["the aorta", near.base, big.base] * 2
+    # the aorta, asked on each image already, is reused; the liver (both selectors' organ) is
+    # decoded once per image
+    assert plan.texts[6:] == ["the liver", "the liver"] and plan.rows == [0, 0, 0, 1, 1, 1, 0, 1]
+    assert plan.extra == {
+        ("the aorta", 0): 0,
+        ("the liver", 0): 6,
+        ("the aorta", 1): 3,
+        ("the liver", 1): 7,
+    }

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from .data.manifest import ManifestDataset, collate, load_record_target
 from .inference import decode, encode, postprocess
 from .metrics import SegmentationMeter, binary_auroc
-from .referring import parse_selector, resolve
+from .referring import parse_selector, plan_referring
 from .serving import ServingConfig
 
 
@@ -78,32 +78,16 @@ def evaluate(
         encoded = encode(model, pixels, sizes, batch["spacing"])
         texts = list(batch["text"])
         selectors = [parse_selector(t) if referring else None for t in texts]
-        # a selector's base prompt replaces it; its reference and organ are extra rows
-        asked = [t if sel is None else sel.base for t, sel in zip(texts, selectors, strict=True)]
-        rows = list(range(len(texts)))
-        extra: dict[tuple[str, int], int] = {}
-        for j, sel in enumerate(selectors):
-            for p in () if sel is None else (sel.reference, sel.within):
-                if p is not None and (p, j) not in extra:
-                    extra[(p, j)] = len(asked)
-                    asked.append(p)
-                    rows.append(j)
+        plan = plan_referring(texts, range(len(texts)), selectors)
         answers = postprocess(
-            decode(model, encoded, asked, rows),
+            decode(model, encoded, plan.texts, plan.rows),
             encoded,
             serving,
             size=None if original_resolution else input_size,
             vocabulary=vocabulary,
         )
-        results = []
-        for j, sel in enumerate(selectors):
-            if sel is None:
-                results.append(answers[j])
-                continue
-            ref = None if sel.reference is None else answers[extra[(sel.reference, j)]]
-            organ = None if sel.within is None else answers[extra[(sel.within, j)]]
-            spacing = batch["spacing"][j] if original_resolution else None
-            results.append(resolve(answers[j], sel, ref, within=organ, spacing=spacing))
+        spacings = batch["spacing"] if original_resolution else [None] * len(texts)
+        results = plan.resolve(answers, spacings)
         for j, res in enumerate(results):
             if original_resolution:
                 # the mask at the file's resolution (its slice for a volume)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from .data.io import LoadedImage
-from .modeling.vlseg import ImageFeatures, TextFeatures
+from .modeling.vlseg import ImageFeatures, TextFeatures, upsample_logits
 from .serving import ServingConfig
 from .vocabulary import unfamiliar, ungrounded
 
@@ -306,8 +306,7 @@ def mask_probabilities(logits: torch.Tensor, size: tuple[int, int]) -> torch.Ten
     Returns:
         B x H x W float32 in [0, 1].
     """
-    up = F.interpolate(logits.float(), size=tuple(size), mode="bilinear", align_corners=False)
-    return torch.sigmoid(up)[:, 0]
+    return torch.sigmoid(upsample_logits(logits.float(), tuple(size)))[:, 0]
 
 
 def count_components(mask: np.ndarray) -> int:

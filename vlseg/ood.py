@@ -122,6 +122,8 @@ def fit_ood(
         shrinkage: in [0, 1); the covariance is ``(1 - s) * C + s * diag(C)`` (plus a tiny
             ridge), which keeps it invertible when N is not much larger than E.
     """
+    if features not in FEATURE_KINDS:
+        raise ValueError(f"unknown out-of-domain feature kind {features!r}; one of {FEATURE_KINDS}")
     x = np.asarray(embeddings, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] < 2:
         raise ValueError(f"need an N x E array with N >= 2 embeddings, got shape {x.shape}")
@@ -132,6 +134,4 @@ def fit_ood(
     diag = np.diag(np.diag(cov))
     cov = (1.0 - shrinkage) * cov + shrinkage * diag
     cov += 1e-6 * np.trace(cov) / cov.shape[0] * np.eye(cov.shape[0])
-    if features not in FEATURE_KINDS:
-        raise ValueError(f"unknown out-of-domain feature kind {features!r}; one of {FEATURE_KINDS}")
     return OODDetector(mean, np.linalg.inv(cov), features)

@@ -36,7 +36,7 @@ from .inference import (
 )
 from .modeling.vlseg import VLSegModel
 from .ood import OODDetector
-from .referring import Selector, parse_selector, resolve
+from .referring import Selector, parse_selector, plan_referring, resolve
 from .serving import ServingConfig, serving_of
 from .vocabulary import parse
 from .volume import EncodedVolume, VolumeResult, encode_volume, segment_volume
@@ -483,33 +483,13 @@ class Segmenter:
     ) -> list[list[SegmentationResult]]:
         """Answers on each image when some prompts name one instance: their base prompts (and
         references and organs) are decoded with the others in one batch, then resolved."""
-        prompts = [t if sel is None else sel.base for t, sel in zip(texts, selectors, strict=True)]
-        extra: list[str] = []
-        for sel in selectors:
-            if sel is None:
-                continue
-            for p in (sel.reference, sel.within):
-                if p is not None and p not in prompts and p not in extra:
-                    extra.append(p)
-        asked = prompts + extra
-        n, k = len(encoded), len(asked)
-        decoded = self.decode(encoded, asked * n, [i for i in range(n) for _ in asked])
+        n, k = len(encoded), len(texts)
+        plan = plan_referring(texts * n, [i for i in range(n) for _ in texts], selectors * n)
+        decoded = self.decode(encoded, plan.texts, plan.rows)
         res = self.postprocess(decoded, encoded, spacing=spacing)
-        out = []
-        for i in range(n):
-            row = res[i * k : (i + 1) * k]
-            by = {p: r for p, r in zip(asked, row, strict=True)}
-            sp = spacing or encoded.spacings[i]
-            answers = []
-            for j, sel in enumerate(selectors):
-                if sel is None:
-                    answers.append(row[j])
-                    continue
-                ref = None if sel.reference is None else by[sel.reference]
-                organ = None if sel.within is None else by[sel.within]
-                answers.append(resolve(row[j], sel, ref, within=organ, spacing=sp))
-            out.append(answers)
-        return out
+        spacings = [spacing or encoded.spacings[i] for i in range(n) for _ in texts]
+        answers = plan.resolve(res, spacings)
+        return [answers[i * k : (i + 1) * k] for i in range(n)]
 
 
 def is_volume(source, spacing=None) -> bool:

@@ -46,6 +46,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,7 +55,14 @@ from scipy import ndimage
 from .inference import SegmentationResult
 from .volume import STRUCTURE_3D, VolumeResult, measure_components
 
-__all__ = ["DIRECTIONS", "Selector", "parse_selector", "resolve"]
+__all__ = [
+    "DIRECTIONS",
+    "ReferringPlan",
+    "Selector",
+    "parse_selector",
+    "plan_referring",
+    "resolve",
+]
 
 # -----------------------------------------------------------------------------------------
 # grammar
@@ -829,6 +837,66 @@ def resolve(
     return dataclasses.replace(
         base, mask=chosen, probs=probs, area_px=area, area_mm2=mm2, n_components=1
     )
+
+
+@dataclass(frozen=True)
+class ReferringPlan:
+    """What to decode for prompts on rows of encoded images when some name one instance
+    (:func:`plan_referring`), and how to put the answers back together (:meth:`resolve`).
+
+    Attributes:
+        texts: the prompts to decode: each prompt's own text (its ``base`` when it has a
+            selector), then each selector's reference and organ, once per image row.
+        rows: the image row of each of ``texts``.
+        selectors: one per original prompt (None: answered as it is).
+        extra: (prompt, row) -> index in ``texts`` of a reference or organ answer.
+    """
+
+    texts: list[str]
+    rows: list[int]
+    selectors: list[Selector | None]
+    extra: dict[tuple[str, int], int]
+
+    def resolve(self, answers: Sequence, spacings: Sequence) -> list:
+        """The original prompts' answers from the decoded ``answers`` (one per ``texts``);
+        ``spacings``: one pixel spacing (or None) per original prompt."""
+        out = []
+        for j, (sel, sp) in enumerate(zip(self.selectors, spacings, strict=True)):
+            if sel is None:
+                out.append(answers[j])
+                continue
+            row = self.rows[j]
+            ref = None if sel.reference is None else answers[self.extra[(sel.reference, row)]]
+            organ = None if sel.within is None else answers[self.extra[(sel.within, row)]]
+            out.append(resolve(answers[j], sel, ref, within=organ, spacing=sp))
+        return out
+
+
+def plan_referring(
+    texts: Sequence[str], rows: Sequence[int], selectors: Sequence[Selector | None]
+) -> ReferringPlan:
+    """Plan one batched decoder call for ``texts`` on image ``rows`` (one row per text), with
+    ``selectors`` from :func:`parse_selector` (None where a prompt names no instance): every
+    prompt keeps its place (a selector's base prompt takes it), and the references and organs
+    the selectors need are appended once per row, unless that row already asks them."""
+    asked = [t if sel is None else sel.base for t, sel in zip(texts, selectors, strict=True)]
+    asked_rows = [int(r) for r in rows]
+    if len(asked_rows) != len(asked):
+        raise ValueError(f"{len(asked)} prompts for {len(asked_rows)} rows")
+    extra: dict[tuple[str, int], int] = {}
+    own = {(t, r): i for i, (t, r) in enumerate(zip(asked, asked_rows, strict=True))}
+    for sel, row in zip(selectors, rows, strict=True):
+        row = int(row)
+        for p in () if sel is None else (sel.reference, sel.within):
+            if p is None or (p, row) in extra:
+                continue
+            if (p, row) in own:
+                extra[(p, row)] = own[(p, row)]
+            else:
+                extra[(p, row)] = len(asked)
+                asked.append(p)
+                asked_rows.append(row)
+    return ReferringPlan(asked, asked_rows, list(selectors), extra)
 
 
 def _supported(mask, probs, support, vol):

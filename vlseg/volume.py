@@ -40,6 +40,7 @@ from scipy.spatial import ConvexHull, QhullError
 from .data.transforms import normalize
 from .data.volume_io import Volume
 from .inference import EncodedImage, decode, encode, mask_probabilities
+from .modeling.vlseg import upsample_logits
 from .serving import ServingConfig
 from .vocabulary import unfamiliar, ungrounded
 
@@ -505,7 +506,7 @@ def segment_volume(
     mask, done = np.empty((n, h, w), dtype=bool), 0
     for chunk_logits in logits:
         k = chunk_logits.shape[0]
-        up = F.interpolate(chunk_logits.float(), size=(h, w), mode="bilinear", align_corners=False)
+        up = upsample_logits(chunk_logits.float(), (h, w))  # as mask_probabilities resizes
         mask[done : done + k] = (up[:, 0] > cut).cpu().numpy()
         done += k
 

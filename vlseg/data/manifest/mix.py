@@ -19,13 +19,11 @@ from ...atomic import atomic_write
 
 def parse_source(spec: str) -> tuple[Path, float]:
     """``"DIR"`` or ``"DIR:FRACTION"`` -> (directory, fraction in (0, 1])."""
-    path, sep, frac = spec.rpartition(":")
+    head, sep, tail = spec.rpartition(":")
     try:
-        keep = float(frac) if sep else 1.0
+        path, keep = (head, float(tail)) if sep else (spec, 1.0)
     except ValueError:  # a colon that belongs to the path
         path, keep = spec, 1.0
-    if not sep:
-        path = spec
     if not 0.0 < keep <= 1.0:
         raise ValueError(f"{spec!r}: the fraction after ':' must be in (0, 1], got {keep}")
     return Path(path), keep
