@@ -161,6 +161,8 @@ def test_density_words_true_in_the_rendered_image(ct_samples):
             if ring.sum() < 10:
                 ring = core & ~others
             diff = img[o.mask].mean() - img[ring].mean()
+            if s.attrs["scanner"]["display"]["inverted"]:  # density is physical; the grey
+                diff = -diff  # scale of an inverted display runs the other way
             good = diff > 3 if o.attrs["density"] == "hyper" else diff < -3
             if o.mask.sum() >= 40:
                 assert good, (s.id, o.name, o.attrs, diff)
@@ -251,3 +253,42 @@ def test_dataset_and_cli_record_the_appearance(tmp_path):
     )
     for p in a:
         assert p.read_bytes() == (b / "images" / p.name).read_bytes()
+
+
+def test_display_curves_and_synthetic_contrasts_occur_and_are_recorded():
+    # A share of the images is shown through another display pipeline (gamma, inverted grey
+    # scale) or with arbitrary tissue grey levels; each is recorded in the attributes.
+    samples = _randomized(60, seed=5, size=64)
+    displays = [s.attrs["scanner"]["display"] for s in samples]
+    inverted = [s for s, d in zip(samples, displays) if d["inverted"]]
+    assert 3 <= len(inverted) <= 20
+    assert any(d["gamma"] != 1.0 and not d["inverted"] for d in displays)
+    assert 2 <= sum(s.attrs["scanner"]["synthetic_contrast"] for s in samples) <= 20
+    for s in inverted:  # air outside the body shows bright on an inverted display
+        corners = np.concatenate([s.image[:4, :4].ravel(), s.image[-4:, -4:].ravel()])
+        assert corners.mean() > 150, s.id
+
+
+def test_randomized_dermoscopy_ink_styles_vary():
+    from PIL import Image
+
+    from vlseg.data.phantoms.randomize import derm_ink
+
+    rng = np.random.default_rng(0)
+    shapes = set()
+    for _ in range(30):
+        layer = Image.new("L", (128, 128), 0)
+        colour, strength = derm_ink(rng, layer, (64.0, 64.0), 30.0, 0.5)
+        ink = np.asarray(layer) > 0
+        assert ink.sum() > 10 and 0.5 <= strength <= 0.9 and colour.shape == (3,)
+        shapes.add(ndimage.label(ink)[1] > 1)  # dashed / dotted marks come in pieces
+    assert shapes == {True, False}
+    inks = [
+        o
+        for i in range(40)
+        for o in generate_sample(
+            seed=2, index=i, modality="dermoscopy", size=96, appearance="randomized"
+        ).objects
+        if o.name == "ink"
+    ]
+    assert len(inks) >= 4 and all(o.mask.sum() > 20 for o in inks)

@@ -187,10 +187,14 @@ def render_dermoscopy(
         p0 = np.array([cxp + rr * np.cos(ang), cyp + rr * np.sin(ang)])
         p2 = np.array([cxp + rr * np.cos(ang + 1.0), cyp + rr * np.sin(ang + 1.0)])
         p1 = (p0 + p2) / 2 + (p0 + p2 - 2 * np.array([cxp, cyp])) * 0.15
-        ImageDraw.Draw(layer).line(quad_bezier(p0, p1, p2), fill=255, width=max(3, size // 60))
+        colour, strength = (110, 60, 150), 0.8
+        if randomize is None:
+            ImageDraw.Draw(layer).line(quad_bezier(p0, p1, p2), fill=255, width=max(3, size // 60))
+        else:  # another pen, stroke and style around the same place
+            colour, strength = rnd.derm_ink(randomize, layer, (cxp, cyp), rr, ang)
         ink = (np.asarray(layer) > 0) & ~lesion
         if ink.sum() > 20:
-            img = _mix(img, (110, 60, 150), 0.8 * ink)
+            img = _mix(img, colour, strength * ink)
             objects.append(PhantomObject("ink", "ink", ink))
 
     hair = str(rng.choice(["none", "some", "heavy"], p=[0.4, 0.4, 0.2]))

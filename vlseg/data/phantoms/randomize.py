@@ -264,6 +264,45 @@ def _ct_lut(arng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
     return lut, info
 
 
+# SynthSeg's lesson taken further than the contrast phases: on a share of the images every
+# tissue but the liver and its lesions gets an arbitrary grey level inside the display window, so
+# organs must be told apart by shape and position, not by a brightness order learned from one
+# protocol. The liver keeps its value because the lesions' density words are relative to it.
+SYNTHETIC_CONTRAST_P = 0.15
+_SYNTHETIC_TISSUES = (
+    T_FAT, T_FAT_INNER, T_MUSCLE, T_PSOAS, T_BOWEL_WALL, T_SPLEEN, T_KIDNEY, T_AORTA, T_IVC,
+    T_CSF, T_SINUS, T_BONE,
+)
+# Another display pipeline on a share of the images: a gamma curve, an inverted grey scale (a
+# MONOCHROME1 image shown as MONOCHROME2, an export with the wrong look-up table) and extra
+# quantum noise on top.
+DISPLAY_P = 0.3
+
+
+def _synthetic_contrast(arng: np.random.Generator, lut: np.ndarray, lo: float, hi: float) -> None:
+    """Redraw the non-liver tissues of ``lut`` anywhere in (a little beyond) the window; a renal
+    cyst keeps a visible step from the kidney around it. In place."""
+    w = hi - lo
+    for t in _SYNTHETIC_TISSUES:
+        lut[t] = _u(arng, lo - 0.25 * w, hi + 0.25 * w)
+    step = _u(arng, 0.15, 0.4) * w * (1 if arng.random() < 0.5 else -1)
+    lut[T_CYST] = lut[T_KIDNEY] + step
+
+
+def _display_curve(arng: np.random.Generator, v: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    """Map windowed values in [0, 1] through a random display curve (see ``DISPLAY_P``)."""
+    if arng.random() >= DISPLAY_P:
+        return v, {"gamma": 1.0, "inverted": False, "noise": 0.0}
+    gamma = float(np.exp(_u(arng, np.log(0.45), np.log(2.2))))
+    v = v**gamma
+    inverted = bool(arng.random() < 0.5)
+    if inverted:
+        v = 1.0 - v
+    noise = _u(arng, 0.0, 0.09)
+    v = v + noise * arng.standard_normal(v.shape).astype(np.float32)
+    return v, {"gamma": gamma, "inverted": inverted, "noise": noise}
+
+
 def _streaks(arng: np.random.Generator, g: Grid, lab: np.ndarray) -> np.ndarray:
     """Radial bright/dark streaks from a dense point (metal or beam hardening at the spine)."""
     dense = np.argwhere(np.isin(lab, (T_CORTEX, T_BONE)))
@@ -353,6 +392,10 @@ def ct_appearance(
             lut[T_CORE0 + k] = val
         lut[T_LESION0 + k] = val
 
+    synthetic = bool(arng.random() < SYNTHETIC_CONTRAST_P)
+    if synthetic:
+        _synthetic_contrast(arng, lut, lo, hi)
+
     hu = lut[lab]
     body = lab != T_AIR
     tex_amp, tex_sigma = _u(arng, 1, 10), _u(arng, 0.8, 4)
@@ -379,7 +422,9 @@ def ct_appearance(
     ang = _u(arng, 0, 2 * np.pi)
     ramp = _u(arng, -15, 15) * (np.cos(ang) * g.x + np.sin(ang) * g.y)
     hu += bias * smooth_noise(arng, size, size / _u(arng, 3, 6)) + ramp + _u(arng, -15, 15)
-    image = np.clip((hu - lo) / width * 255.0, 0, 255).round().astype(np.uint8)
+    v = np.clip((hu - lo) / width, 0.0, 1.0)
+    v, display = _display_curve(arng, v)
+    image = np.clip(v * 255.0, 0, 255).round().astype(np.uint8)
 
     scanner = {
         "noise": noise_kind,
@@ -391,6 +436,8 @@ def ct_appearance(
         "level": float(level),
         "width": width,
         "texture_hu": tex_amp,
+        "synthetic_contrast": synthetic,
+        "display": display,
     }
     attrs = {
         "appearance": "randomized",
@@ -498,6 +545,64 @@ def _ruler(arng: np.random.Generator, img: np.ndarray, size: int) -> np.ndarray:
     return img * (1 - ticks[..., None]) + tick_col * ticks[..., None]
 
 
+# Skin-marker inks: gentian violet, blue, black, green (RGB, before the pen's strength).
+_INKS = np.array([[110, 60, 150], [70, 50, 140], [40, 70, 160], [35, 35, 45], [40, 110, 80]])
+INK_STYLES = ("arc", "straight", "dashed", "dotted", "ring", "cross")
+
+
+def derm_ink(
+    arng: np.random.Generator,
+    layer: Image.Image,
+    centre: tuple[float, float],
+    radius: float,
+    angle: float,
+) -> tuple[np.ndarray, float]:
+    """Draw a surgical skin marking beside a lesion on ``layer`` (mode "L", in place) in a random
+    style (``INK_STYLES``: an arc, a straight margin line, a dashed or dotted line, a ring around
+    the lesion, a cross), width and pen; returns the ink's RGB colour and opacity.
+
+    ``centre``/``radius`` (pixels) describe the lesion's circle, ``angle`` where the mark sits."""
+    size = layer.size[0]
+    draw = ImageDraw.Draw(layer)
+    style = str(arng.choice(INK_STYLES, p=[0.25, 0.2, 0.2, 0.15, 0.1, 0.1]))
+    width = max(2, round(size * _u(arng, 0.01, 0.03)))
+    cx, cy = centre
+    span = _u(arng, 0.6, 1.4)
+    r = radius * _u(arng, 0.95, 1.25)
+
+    def at(a: float, rr: float = r) -> np.ndarray:
+        return np.array([cx + rr * np.cos(a), cy + rr * np.sin(a)])
+
+    if style == "arc":
+        pts = [tuple(at(angle + span * t)) for t in np.linspace(0, 1, 40)]
+        draw.line(pts, fill=255, width=width)
+    elif style in ("straight", "dashed", "dotted"):
+        mid, tangent = at(angle + span / 2), angle + span / 2 + np.pi / 2
+        half = r * span / 2
+        d = np.array([np.cos(tangent), np.sin(tangent)])
+        n = {"straight": 1, "dashed": int(arng.integers(4, 9)), "dotted": int(arng.integers(5, 12))}
+        for k in range(n[style]):
+            t0, t1 = -1 + 2 * k / n[style], -1 + 2 * (k + 0.55) / n[style]
+            if style == "straight":
+                t0, t1 = -1.0, 1.0
+            a, b = mid + d * half * t0, mid + d * half * t1
+            if style == "dotted":
+                c, rad = (a + b) / 2, width * _u(arng, 0.6, 1.0)
+                draw.ellipse([c[0] - rad, c[1] - rad, c[0] + rad, c[1] + rad], fill=255)
+            else:
+                draw.line([tuple(a), tuple(b)], fill=255, width=width)
+    elif style == "ring":
+        pts = [tuple(at(a, r * _u(arng, 0.97, 1.03))) for a in np.linspace(0, 2 * np.pi, 60)]
+        draw.line(pts + [pts[0]], fill=255, width=width)
+    else:  # a small cross beside the lesion
+        c, arm = at(angle, r * 1.15), radius * _u(arng, 0.15, 0.35)
+        for a in (angle + np.pi / 4, angle - np.pi / 4):
+            d = np.array([np.cos(a), np.sin(a)]) * arm
+            draw.line([tuple(c - d), tuple(c + d)], fill=255, width=width)
+    colour = _INKS[int(arng.integers(len(_INKS)))] * arng.uniform(0.8, 1.2, 3)
+    return np.clip(colour, 0, 255).astype(np.float32), _u(arng, 0.55, 0.9)
+
+
 def derm_finish(
     arng: np.random.Generator, img: np.ndarray, g: Grid
 ) -> tuple[np.ndarray, dict[str, Any]]:
@@ -563,6 +668,7 @@ __all__ = [
     "ct_appearance",
     "derm_finish",
     "derm_hair",
+    "derm_ink",
     "derm_skin",
     "min_area",
 ]
