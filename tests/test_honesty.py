@@ -173,3 +173,32 @@ def test_chat_classification_warns_on_an_out_of_domain_image(tmp_path):
     svc.respond(session, "", [str(path)])  # re-encoded: now with an out-of-domain score
     assert seg.out_of_domain(session.encoded) == [True]
     assert "unlike what this model was trained on" in svc.respond(session, "what is this?").reply
+
+
+def test_evaluate_answers_out_of_domain_as_users_get_it(tiny_data):
+    # `vlseg eval` passes the model's out-of-domain fit: a flagged image is answered
+    # "out-of-domain" with an empty mask (Dice 0 on positives), as Segmenter.segment answers.
+    from vlseg.data.manifest import ManifestDataset
+    from vlseg.evaluation import evaluate
+
+    torch.manual_seed(0)
+    cfg = model_config("tiny-test")
+    seg = Segmenter(build_model(cfg), image_size=cfg.image_size)
+    vis = seg.model.vision
+    ds = ManifestDataset(
+        tiny_data, "test", image_size=seg.image_size, mean=vis.mean, std=vis.std, prompt="all"
+    )
+    seg.ood = fit_ood(ood_features(seg.encode([_img(i) for i in range(6)]).features.maps))
+    verdicts = []
+
+    def keep(rec, res, target, positive):
+        verdicts.append((res.verdict, res.ood_score, int(res.mask.sum())))
+
+    flag_all = ServingConfig(threshold=0.0, ood_threshold=-1.0)
+    out = evaluate(seg.model, ds, serving=flag_all, limit=8, on_item=keep, ood=seg.ood)
+    assert verdicts
+    assert all(v == "out-of-domain" and s is not None and a == 0 for v, s, a in verdicts)
+    assert out["dice"] == 0.0
+    verdicts.clear()
+    evaluate(seg.model, ds, serving=flag_all, limit=8, on_item=keep)  # no fit: no check
+    assert all(v != "out-of-domain" and s is None for v, s, _ in verdicts)

@@ -260,7 +260,7 @@ def test_display_curves_and_synthetic_contrasts_occur_and_are_recorded():
     # scale) or with arbitrary tissue grey levels; each is recorded in the attributes.
     samples = _randomized(60, seed=5, size=64)
     displays = [s.attrs["scanner"]["display"] for s in samples]
-    inverted = [s for s, d in zip(samples, displays) if d["inverted"]]
+    inverted = [s for s, d in zip(samples, displays, strict=True) if d["inverted"]]
     assert 3 <= len(inverted) <= 20
     assert any(d["gamma"] != 1.0 and not d["inverted"] for d in displays)
     assert 2 <= sum(s.attrs["scanner"]["synthetic_contrast"] for s in samples) <= 20

@@ -204,6 +204,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             on_item=flag,
             vocabulary=seg.vocabulary,
             referring=seg.referring,
+            ood=seg.ood,
         )
         r = results[split]
         if flags:

@@ -37,6 +37,7 @@ def evaluate(
     hd95: bool = True,
     vocabulary=None,
     referring: bool = True,
+    ood=None,
 ) -> dict[str, float]:
     """Referring segmentation metrics over a dataset.
 
@@ -60,6 +61,8 @@ def evaluate(
             a prompt's unfamiliar words and answer "unsure" for them, as users get them.
         referring: answer prompts that name one instance through the referring resolver, as
             ``Segmenter.segment`` does (False: the model's direct answer to the text).
+        ood: an out-of-domain fit (``Segmenter.ood``): images it flags are answered
+            "out-of-domain" with an empty mask, as users get them (None: no check).
     """
     serving = serving or ServingConfig()
     device = device or next(model.parameters()).device
@@ -75,7 +78,7 @@ def evaluate(
         pixels = batch["image"].to(device)
         input_size = tuple(pixels.shape[-2:])
         sizes = [tuple(s) for s in batch["orig_size"]]
-        encoded = encode(model, pixels, sizes, batch["spacing"])
+        encoded = encode(model, pixels, sizes, batch["spacing"], ood=ood)
         texts = list(batch["text"])
         selectors = [parse_selector(t) if referring else None for t in texts]
         plan = plan_referring(texts, range(len(texts)), selectors)

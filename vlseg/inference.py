@@ -169,6 +169,7 @@ def encode(
     sizes: Sequence[tuple[int, int]],
     spacings: Sequence[tuple[float, float] | None] | None = None,
     images: list[LoadedImage] | None = None,
+    ood=None,
 ) -> EncodedImage:
     """Run the image encoder once.
 
@@ -177,12 +178,16 @@ def encode(
         pixels: N x 3 x S x S preprocessed images (``Segmenter.preprocess`` or a dataset).
         sizes: (H, W) of each original image.
         spacings: pixel spacing of each image (None entries or None: unknown).
+        ood: an out-of-domain fit (``vlseg.ood.OODDetector``): each image gets its score.
     """
     if len(sizes) != pixels.shape[0]:
         raise ValueError(f"{pixels.shape[0]} images but {len(sizes)} sizes")
     feats = model.encode_image(pixels)
     spacings = list(spacings) if spacings is not None else [None] * len(sizes)
-    return EncodedImage(feats, [tuple(map(int, s)) for s in sizes], spacings, images)
+    encoded = EncodedImage(feats, [tuple(map(int, s)) for s in sizes], spacings, images)
+    if ood is not None:
+        encoded.ood_scores = [float(v) for v in ood.score_maps(feats.maps)]
+    return encoded
 
 
 @torch.no_grad()

@@ -254,10 +254,13 @@ class Segmenter:
         x = self.preprocess(loaded)
         with self._serialised():
             encoded = encode(
-                self.model, x, [im.size for im in loaded], [im.spacing for im in loaded], loaded
+                self.model,
+                x,
+                [im.size for im in loaded],
+                [im.spacing for im in loaded],
+                loaded,
+                ood=self.ood,
             )
-        if self.ood is not None:
-            encoded.ood_scores = [float(v) for v in self.ood.score_maps(encoded.features.maps)]
         return encoded
 
     def set_image(self, image, **kwargs) -> Segmenter:

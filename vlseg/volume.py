@@ -255,9 +255,7 @@ def encode_volume(
         part = u8[start : start + batch_size]
         pixels = slices_to_pixels(part, image_size, vis.mean, vis.std)
         pixels = pixels.to(device).contiguous(memory_format=memory_format)
-        enc = encode(model, pixels, [(h, w)] * len(part), [spacing2] * len(part))
-        if ood is not None:
-            enc.ood_scores = [float(v) for v in ood.score_maps(enc.features.maps)]
+        enc = encode(model, pixels, [(h, w)] * len(part), [spacing2] * len(part), ood=ood)
         chunks.append(enc)
         if progress is not None:
             progress(min(start + batch_size, n), n)

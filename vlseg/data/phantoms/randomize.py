@@ -270,8 +270,18 @@ def _ct_lut(arng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
 # protocol. The liver keeps its value because the lesions' density words are relative to it.
 SYNTHETIC_CONTRAST_P = 0.15
 _SYNTHETIC_TISSUES = (
-    T_FAT, T_FAT_INNER, T_MUSCLE, T_PSOAS, T_BOWEL_WALL, T_SPLEEN, T_KIDNEY, T_AORTA, T_IVC,
-    T_CSF, T_SINUS, T_BONE,
+    T_FAT,
+    T_FAT_INNER,
+    T_MUSCLE,
+    T_PSOAS,
+    T_BOWEL_WALL,
+    T_SPLEEN,
+    T_KIDNEY,
+    T_AORTA,
+    T_IVC,
+    T_CSF,
+    T_SINUS,
+    T_BONE,
 )
 # Another display pipeline on a share of the images: a gamma curve, an inverted grey scale (a
 # MONOCHROME1 image shown as MONOCHROME2, an export with the wrong look-up table) and extra
