@@ -316,8 +316,10 @@ def _paraphrase_table(model, datasets, split, images, cfg: AlignConfig, device) 
                 said[t] = claims
         if cfg.hard_negatives:
             rng = np.random.default_rng([cfg.paraphrase_seed, 1, *map(ord, key[-16:])])
-            neg = {c for c in (para.contrast(f, rng) for _ in range(3 * cfg.hard_negatives)) if c}
-            negs.append(ids(sorted(neg)[: cfg.hard_negatives]))
+            drawn = (para.contrast(f, rng) for _ in range(3 * cfg.hard_negatives))
+            # the first H distinct ones in draw order: a random pick, reproducible (a sorted set
+            # would favour captions early in the alphabet, e.g. under-sample organ negatives)
+            negs.append(ids(list(dict.fromkeys(c for c in drawn if c))[: cfg.hard_negatives]))
         sigs.setdefault(f.signature, len(sigs))
     table = list(texts)
     out = {

@@ -65,7 +65,9 @@ class LoopConfig:
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     seed: int = 0  # data order and augmentation (tune: also the few-shot draw and learner init)
     num_workers: int = 2  # data loader processes
-    augment: bool = True  # train-time augmentation (vlseg.data.transforms)
+    # train-time augmentation (vlseg.data.transforms): true, false, or a mapping of
+    # AugmentConfig ranges, e.g. {gamma: [0.5, 2.0], noise_std: 0.05, invert_grey: 0.15}
+    augment: bool | dict = True
     dice_weight: float = 1.0  # mask loss: Dice on positive pairs + BCE on all pairs
     bce_weight: float = 1.0
     presence_weight: float = 0.5  # "is the target in the image" BCE
@@ -81,6 +83,12 @@ class LoopConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r}: use an integer >= 1")
+        if isinstance(self.augment, dict):  # unknown keys and bad ranges fail here, not later
+            from .data.transforms import AugmentConfig
+
+            AugmentConfig.from_mapping(self.augment)
+        elif not isinstance(self.augment, bool):
+            raise ValueError(f"augment={self.augment!r}: use true, false or a mapping of ranges")
 
 
 @dataclass

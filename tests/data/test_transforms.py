@@ -113,3 +113,36 @@ def test_transform_errors() -> None:
         SegTransform((32, 32, 3))
     with pytest.raises(ValueError, match="std > 0"):
         SegTransform(32, std=(0, 1, 1))
+
+
+def test_invert_grey_inverts_grey_images_only_and_is_off_by_default():
+    grey = torch.rand(1, 16, 16).expand(3, 16, 16).clone()
+    colour = torch.rand(3, 16, 16)
+    flat = AugmentConfig(brightness=0, contrast=0, gamma=(1.0, 1.0), noise_std=0.0)
+    always = AugmentConfig(
+        brightness=0, contrast=0, gamma=(1.0, 1.0), noise_std=0.0, invert_grey=1.0
+    )
+    out = random_intensity(grey, np.random.default_rng(0), always)
+    torch.testing.assert_close(out, 1.0 - grey)
+    torch.testing.assert_close(random_intensity(colour, np.random.default_rng(0), always), colour)
+    torch.testing.assert_close(random_intensity(grey, np.random.default_rng(0), flat), grey)
+    # Off (the default): no extra random draw, so earlier training runs replay exactly.
+    a, b = np.random.default_rng(3), np.random.default_rng(3)
+    random_intensity(grey, a, AugmentConfig())
+    random_intensity(grey, b, AugmentConfig(invert_grey=0.0))
+    assert a.random() == b.random()
+
+
+def test_augment_from_a_config_mapping():
+    from vlseg.config import TrainConfig
+
+    cfg = AugmentConfig.from_mapping({"gamma": [0.5, 2.0], "invert_grey": 0.2})
+    assert cfg.gamma == (0.5, 2.0) and cfg.invert_grey == 0.2 and cfg.scale == (0.85, 1.2)
+    t = SegTransform(32, augment={"invert_grey": 0.5})
+    assert t.augment == AugmentConfig(invert_grey=0.5)
+    with pytest.raises(ValueError, match="unknown key.*invert"):
+        TrainConfig(augment={"invert": 0.5})
+    with pytest.raises(ValueError, match="invert_grey must be in"):
+        TrainConfig(augment={"invert_grey": 2})
+    with pytest.raises(ValueError, match="augment="):
+        TrainConfig(augment="yes")

@@ -54,6 +54,24 @@ class AugmentConfig:
     contrast: float = 0.15  # multiplier in [1 - c, 1 + c] around the image mean
     gamma: tuple[float, float] = (0.8, 1.25)  # exponent range; 1 = unchanged
     noise_std: float = 0.02  # gaussian noise std drawn uniformly from [0, noise_std]
+    # Probability of inverting a grey-scale image (a CT shown with the other polarity: a
+    # MONOCHROME1 export, a wrong look-up table). Colour images are never inverted.
+    invert_grey: float = 0.0
+
+    @classmethod
+    def from_mapping(cls, data: dict) -> AugmentConfig:
+        """Ranges from a config mapping (``augment: {gamma: [0.5, 2.0], invert_grey: 0.2}``);
+        keys not given keep their defaults, unknown keys are named."""
+        from ..config import from_dict
+
+        data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        cfg = from_dict(cls, data, where="augment")
+        if not 0.0 <= cfg.invert_grey <= 1.0 or cfg.gamma[0] <= 0 or cfg.gamma[0] > cfg.gamma[1]:
+            raise ValueError(
+                f"augment: invert_grey must be in [0, 1] and gamma a range (low, high) with "
+                f"0 < low <= high, got invert_grey={cfg.invert_grey}, gamma={cfg.gamma}"
+            )
+        return cfg
 
 
 def image_to_tensor(rgb: np.ndarray) -> torch.Tensor:
@@ -180,7 +198,16 @@ def random_intensity(
     if std > 0:
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         out = out + torch.randn(out.shape, generator=gen, dtype=out.dtype) * std
-    return out.clamp_(0.0, 1.0)
+    out = out.clamp_(0.0, 1.0)
+    # Drawn only when enabled, so the default ranges give the same augmentation as before.
+    if cfg.invert_grey > 0 and rng.random() < cfg.invert_grey and _is_grey(image):
+        out = 1.0 - out
+    return out
+
+
+def _is_grey(image: torch.Tensor) -> bool:
+    """A 3xHxW image whose channels are equal (a CT slice as RGB)."""
+    return bool(torch.equal(image[0], image[1]) and torch.equal(image[1], image[2]))
 
 
 class SegTransform:
@@ -194,7 +221,8 @@ class SegTransform:
         image_size: output size, an int or ``(H, W)``.
         mean: per-channel normalisation mean (image in [0, 1]).
         std: per-channel normalisation std.
-        augment: False, True (default ranges) or an :class:`AugmentConfig`.
+        augment: False, True (default ranges), an :class:`AugmentConfig` or a mapping of its
+            fields (the ``augment`` key of a training config).
     """
 
     def __init__(
@@ -203,7 +231,7 @@ class SegTransform:
         *,
         mean: Sequence[float] = CLIP_MEAN,
         std: Sequence[float] = CLIP_STD,
-        augment: bool | AugmentConfig = False,
+        augment: bool | AugmentConfig | dict = False,
     ) -> None:
         self.size = _size2(image_size)
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
@@ -212,6 +240,8 @@ class SegTransform:
         self.std = tuple(float(s) for s in std)
         if augment is True:
             augment = AugmentConfig()
+        elif isinstance(augment, dict):
+            augment = AugmentConfig.from_mapping(augment)
         self.augment: AugmentConfig | None = augment or None
 
     def __call__(

@@ -71,7 +71,8 @@ class ManifestDataset(Dataset):
             reproducible from ``seed``, :meth:`set_epoch` and the index), ``"first"``, ``"all"``
             (one item per (record, expression) pair, for evaluation), an int (that position in
             every record), or a prompt key such as ``"p3"`` (medvlsm; random among its values).
-        augment: train-time augmentation: False, True or an :class:`AugmentConfig`.
+        augment: train-time augmentation: False, True, an :class:`AugmentConfig` or a mapping
+            of its fields.
         seed: base seed for prompt choice and augmentation.
         validate: run :func:`validate_records` (with file checks) before use.
         window: the model's CT window ``(level, width)`` in HU, passed to
@@ -88,7 +89,7 @@ class ManifestDataset(Dataset):
         mean: Sequence[float] = CLIP_MEAN,
         std: Sequence[float] = CLIP_STD,
         prompt: str | int = "random",
-        augment: bool | AugmentConfig = False,
+        augment: bool | AugmentConfig | dict = False,
         seed: int = 0,
         validate: bool = True,
         window: tuple[float, float] | None = None,
