@@ -598,7 +598,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise SystemExit(
             f"vlseg serve needs the app extra: pip install 'vlseg[app]' ({exc})"
         ) from exc
-    serve(args.model, args.index, args.host, args.port, args.auth)
+    serve(
+        args.model,
+        args.index,
+        args.host,
+        args.port,
+        args.auth,
+        concurrency=args.concurrency,
+        torch_threads=args.torch_threads,
+    )
     return 0
 
 
@@ -843,6 +851,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--auth", default=None, help="user:pass")
+    p.add_argument("--concurrency", type=int, default=8, help="chat turns handled at once")
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1: concurrent turns keep the cores busy)",
+    )
     p.set_defaults(func=_cmd_serve)
     return parser
 

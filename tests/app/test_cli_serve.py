@@ -1,0 +1,15 @@
+"""`vlseg serve` starts the same service as `python app.py`, with the same load settings."""
+
+import app
+from vlseg.cli import main as cli_main
+
+
+def test_vlseg_serve_passes_threads_and_concurrency(monkeypatch):
+    calls = []
+    monkeypatch.setattr(app, "serve", lambda *a, **kw: calls.append((a, kw)))
+    assert cli_main(["serve", "--model", "m", "--port", "7999"]) == 0
+    ((args, kw),) = calls
+    assert args == ("m", None, "127.0.0.1", 7999, None)
+    assert kw == {"concurrency": app.TURN_CONCURRENCY, "torch_threads": 1}
+    assert cli_main(["serve", "--concurrency", "3", "--torch-threads", "2"]) == 0
+    assert calls[-1][1] == {"concurrency": 3, "torch_threads": 2}
