@@ -2,8 +2,9 @@
 
 Following SynthSeg, the anatomy is drawn first as a label map (one tissue label per pixel, see the
 ``T_*`` constants) and its appearance is then drawn at random per image: tissue intensities with
-a contrast phase, noise model and level, blur and resolution, bias field, streaks, display window,
-plus a geometric transform (zoom / field of view, translation, small rotation) applied to the
+a contrast phase (on a share of the images arbitrary grey levels for every tissue but the liver
+and its lesions), noise model and level, blur and resolution, bias field, streaks, display window
+and display curve (gamma, sometimes an inverted grey scale), plus a geometric transform (zoom / field of view, translation, small rotation) applied to the
 label map and to every object mask with the same nearest-neighbour sampling, so masks stay exact.
 
 Nothing here ever flips an image: the CT phantoms follow the radiological convention (patient's
