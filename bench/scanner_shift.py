@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 from collections import defaultdict
 from pathlib import Path
 
@@ -25,6 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from prompt_tuning import make_shifted  # noqa: E402  (bench/ is the script's folder)
+from zeroshot_wording import cpu_name  # noqa: E402
 
 import vlseg  # noqa: E402
 from vlseg.atomic import write_json  # noqa: E402
@@ -97,7 +97,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     data = Path(args.data)
     shifted = make_shifted(data, Path(args.shifted or f"{data}_shift"))
-    report = {"cpu": platform.processor() or platform.machine(), "data": str(data), "models": {}}
+    report = {"cpu": cpu_name(), "threads": torch.get_num_threads(), "data": str(data)}
+    report["models"] = {}
     for name in args.model:
         seg = vlseg.load(name)
         res = {
