@@ -633,9 +633,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--appearance",
         default="classic",
-        choices=["classic", "randomized"],
+        choices=["classic", "randomized", "randomized-contrast"],
         help="classic look, or domain randomisation of intensities, contrast phase, noise, blur, "
-        "artefacts, field of view and anatomy (same labels-first generator)",
+        "artefacts, field of view and anatomy (same labels-first generator); "
+        "randomized-contrast adds arbitrary tissue grey levels, gamma / inverted displays and "
+        "skin markings in several styles",
     )
     p.add_argument(
         "--family",

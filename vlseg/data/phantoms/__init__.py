@@ -94,8 +94,11 @@ def generate_sample(
         appearance: ``"classic"`` (the fixed-benchmark look) or ``"randomized"`` (domain
             randomisation, see `vlseg.data.phantoms.randomize`: the label maps are drawn, then
             tissue intensities / contrast phase, noise, blur, resolution, bias, artefacts,
-            window, field of view and anatomy variation at random). Randomisation draws from
-            its own generator, so the anatomy draws of the classic phantom are unchanged.
+            window, field of view and anatomy variation at random), or
+            ``"randomized-contrast"`` (that, plus arbitrary tissue grey levels on a share of
+            the CT images, gamma / inverted displays and skin markings in several styles).
+            Randomisation draws from its own generator, so the anatomy draws of the classic
+            phantom are unchanged.
     """
     _check_appearance(appearance)
     if modality not in MODALITIES:
@@ -105,15 +108,20 @@ def generate_sample(
     kind = 1 if heldout else 0
     rng = np.random.default_rng([seed, index, 2, kind, MODALITIES.index(modality)])
     arng = None
-    if appearance == "randomized":
+    if appearance != "classic":  # both randomised looks share the draws they have in common
         arng = np.random.default_rng([seed, index, 3, kind, MODALITIES.index(modality)])
+    more = appearance == "randomized-contrast"
     if modality == "ct":
-        image, objects, attrs = render_ct(rng, size, heldout=heldout, randomize=arng)
+        image, objects, attrs = render_ct(
+            rng, size, heldout=heldout, randomize=arng, synthetic_contrast=more
+        )
         targets = ct_targets(objects, rng, heldout=heldout, k=prompts_per_target)
         caption, label = ct_caption(objects)
         mm = round(float(rng.uniform(1.3, 1.7)) * 256 / size, 4)
     else:
-        image, objects, attrs = render_dermoscopy(rng, size, heldout=heldout, randomize=arng)
+        image, objects, attrs = render_dermoscopy(
+            rng, size, heldout=heldout, randomize=arng, ink_styles=more
+        )
         targets = derm_targets(objects, rng, heldout=heldout, k=prompts_per_target)
         caption, label = derm_caption(objects, attrs)
         mm = round(float(rng.uniform(0.06, 0.09)) * 256 / size, 4)
@@ -268,8 +276,8 @@ def write_dataset(
         workers: parallel rendering processes.
         progress: show a progress bar.
         overwrite: replace an existing directory.
-        appearance: ``"classic"`` or ``"randomized"`` (domain randomisation), recorded in
-            ``dataset.json``.
+        appearance: ``"classic"``, ``"randomized"`` or ``"randomized-contrast"`` (domain
+            randomisation, see :func:`generate_sample`), recorded in ``dataset.json``.
 
     Returns:
         The dataset directory; its manifest is ``out / "manifest.jsonl"``.

@@ -383,6 +383,7 @@ def render_ct(
     *,
     heldout: bool = False,
     randomize: np.random.Generator | None = None,
+    synthetic_contrast: bool = False,
 ) -> tuple[np.ndarray, list[PhantomObject], dict[str, Any]]:
     """Render one abdominal CT slice.
 
@@ -394,6 +395,8 @@ def render_ct(
             it varies the anatomy (slice level, habitus, organ size and position), then renders
             the tissue label map with a random appearance and geometry
             (`randomize.ct_appearance`). ``None`` renders the classic phantom.
+        synthetic_contrast: with ``randomize``, also arbitrary tissue contrasts and display curves
+            (``appearance="randomized-contrast"``).
 
     Returns:
         ``(image, objects, attrs)``: an HxW uint8 windowed image, the annotated objects and the
@@ -456,7 +459,7 @@ def render_ct(
 
     if randomize is not None:
         objects = [o for o in objects if o.mask.any()]  # organs absent at this slice level
-        return rnd.ct_appearance(randomize, lab, objects, an)
+        return rnd.ct_appearance(randomize, lab, objects, an, contrast=synthetic_contrast)
 
     scanner = _scanner(rng)
     image = window_ct(scan_ct(hu, a.inner, scanner, rng), scanner)

@@ -123,6 +123,7 @@ def render_dermoscopy(
     *,
     heldout: bool = False,
     randomize: np.random.Generator | None = None,
+    ink_styles: bool = False,
 ) -> tuple[np.ndarray, list[PhantomObject], dict[str, Any]]:
     """Render one dermoscopy photo.
 
@@ -134,6 +135,8 @@ def render_dermoscopy(
             skin colour anywhere in the tone's band, hair count / thickness / colour, bubbles,
             rulers, illumination, white balance, vignette, blur and noise (see `randomize`).
             ``None`` renders the classic phantom.
+        ink_styles: with ``randomize``, draw the skin marking in a random style and ink
+            (``appearance="randomized-contrast"``) instead of the classic purple arc.
 
     Returns:
         ``(image, objects, attrs)``: HxWx3 uint8, the lesion (and ink mark) objects, and image
@@ -188,7 +191,7 @@ def render_dermoscopy(
         p2 = np.array([cxp + rr * np.cos(ang + 1.0), cyp + rr * np.sin(ang + 1.0)])
         p1 = (p0 + p2) / 2 + (p0 + p2 - 2 * np.array([cxp, cyp])) * 0.15
         colour, strength = (110, 60, 150), 0.8
-        if randomize is None:
+        if randomize is None or not ink_styles:
             ImageDraw.Draw(layer).line(quad_bezier(p0, p1, p2), fill=255, width=max(3, size // 60))
         else:  # another pen, stroke and style around the same place
             colour, strength = rnd.derm_ink(randomize, layer, (cxp, cyp), rr, ang)

@@ -4,8 +4,9 @@ Following SynthSeg, the anatomy is drawn first as a label map (one tissue label 
 ``T_*`` constants) and its appearance is then drawn at random per image: tissue intensities with
 a contrast phase (on a share of the images arbitrary grey levels for every tissue but the liver
 and its lesions), noise model and level, blur and resolution, bias field, streaks, display window
-and display curve (gamma, sometimes an inverted grey scale), plus a geometric transform (zoom / field of view, translation, small rotation) applied to the
-label map and to every object mask with the same nearest-neighbour sampling, so masks stay exact.
+and display curve (gamma, sometimes an inverted grey scale), plus a geometric transform (zoom /
+field of view, translation, small rotation) applied to the label map and to every object mask
+with the same nearest-neighbour sampling, so masks stay exact.
 
 Nothing here ever flips an image: the CT phantoms follow the radiological convention (patient's
 left on the image right) and the side words of the expressions must stay true.
@@ -27,7 +28,11 @@ from scipy import ndimage
 from .sample import PhantomObject
 from .shapes import Grid, quad_bezier, smooth_noise, soft_edge
 
-APPEARANCES = ("classic", "randomized")
+# "randomized-contrast" adds, on top of "randomized": arbitrary tissue grey levels on a share of
+# the CT images, other display curves (gamma, inverted grey scale) and skin markings in several
+# styles and inks. "randomized" is the look the shipped phantom-tiny was fine-tuned on, kept
+# byte-identical (its recipe in docs/model.md stays reproducible).
+APPEARANCES = ("classic", "randomized", "randomized-contrast")
 
 # CT tissue labels painted by ``render_ct`` alongside its Hounsfield map.
 T_AIR, T_FAT, T_FAT_INNER, T_MUSCLE, T_BOWEL_WALL, T_GAS = 0, 1, 2, 3, 4, 5
@@ -348,6 +353,8 @@ def ct_appearance(
     lab: np.ndarray,
     objects: list[PhantomObject],
     anatomy: CTAnatomy,
+    *,
+    contrast: bool = False,
 ) -> tuple[np.ndarray, list[PhantomObject], dict[str, Any]]:
     """Render a CT image from a tissue label map with a random appearance and geometry.
 
@@ -356,6 +363,9 @@ def ct_appearance(
         lab: HxW uint8 tissue labels (``T_*``) painted by ``render_ct``.
         objects: the annotated objects (masks on the same grid as ``lab``).
         anatomy: the anatomy variation used to draw ``lab`` (recorded in the attributes).
+        contrast: also draw synthetic tissue contrasts and display curves
+            (``appearance="randomized-contrast"``); False draws exactly what it drew before
+            they existed.
 
     Returns:
         ``(image, objects, attrs)`` as ``render_ct``: the windowed uint8 image, the objects after
@@ -403,7 +413,7 @@ def ct_appearance(
             lut[T_CORE0 + k] = val
         lut[T_LESION0 + k] = val
 
-    synthetic = bool(arng.random() < SYNTHETIC_CONTRAST_P)
+    synthetic = contrast and bool(arng.random() < SYNTHETIC_CONTRAST_P)
     if synthetic:
         _synthetic_contrast(arng, lut, lo, hi)
 
@@ -434,7 +444,9 @@ def ct_appearance(
     ramp = _u(arng, -15, 15) * (np.cos(ang) * g.x + np.sin(ang) * g.y)
     hu += bias * smooth_noise(arng, size, size / _u(arng, 3, 6)) + ramp + _u(arng, -15, 15)
     v = np.clip((hu - lo) / width, 0.0, 1.0)
-    v, display = _display_curve(arng, v)
+    display = {"gamma": 1.0, "inverted": False, "noise": 0.0}
+    if contrast:
+        v, display = _display_curve(arng, v)
     image = np.clip(v * 255.0, 0, 255).round().astype(np.uint8)
 
     scanner = {
@@ -447,9 +459,9 @@ def ct_appearance(
         "level": float(level),
         "width": width,
         "texture_hu": tex_amp,
-        "synthetic_contrast": synthetic,
-        "display": display,
     }
+    if contrast:
+        scanner.update(synthetic_contrast=synthetic, display=display)
     attrs = {
         "appearance": "randomized",
         "scanner": scanner,
