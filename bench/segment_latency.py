@@ -129,6 +129,7 @@ def segmenter_rows(
             device=a.device,
             name=cfg.name,
             channels_last=cl,
+            text_dtype=a.text_dtype,
         )
         for suffix, cl in (("_nchw", False), ("", True))
     }
@@ -202,6 +203,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--device", default="cpu", help="torch device (cpu or cuda)")
     p.add_argument("--json", default=None, metavar="OUT", help="also write results here")
+    p.add_argument(
+        "--text-dtype",
+        default=None,
+        help="our Segmenters' text tower weights: bfloat16 (Segmenter(text_dtype=...)) or float32",
+    )
     a = p.parse_args(argv)
     a.device = torch.device(a.device)
     if a.threads:
@@ -255,6 +261,7 @@ def main(argv: list[str] | None = None) -> dict:
         **cpu_info(),
     }
     settings = {
+        "text_dtype": a.text_dtype,
         "size": a.size,
         "repeats": a.repeats,
         "warmup": a.warmup,

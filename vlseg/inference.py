@@ -197,7 +197,10 @@ def encode_texts(
     """Run the text tower on B prompts (``image_embedding`` conditions CoCoOp-style learners)."""
     device = next(model.parameters()).device
     tok = model.text.tokenize(list(texts))
-    return model.encode_text(tok["ids"].to(device), tok["mask"].to(device), image_embedding)
+    feats = model.encode_text(tok["ids"].to(device), tok["mask"].to(device), image_embedding)
+    if feats.words.dtype != torch.float32:  # a reduced-precision text tower (``text_dtype``)
+        feats = TextFeatures(feats.words.float(), feats.mask, feats.embedding.float())
+    return feats
 
 
 class TextCache:
