@@ -541,7 +541,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("vlseg").setLevel(logging.INFO)
-    serve(
+    serve_args(args)
+    return 0
+
+
+def serve_args(args: argparse.Namespace) -> gr.Blocks:
+    """``serve`` with the options of ``python app.py`` / ``vlseg serve`` (model, index, host,
+    port, auth, concurrency, torch_threads)."""
+    return serve(
         args.model,
         args.index,
         args.host,
@@ -550,7 +557,6 @@ def main(argv: list[str] | None = None) -> int:
         concurrency=args.concurrency,
         torch_threads=args.torch_threads,
     )
-    return 0
 
 
 if __name__ == "__main__":

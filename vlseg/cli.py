@@ -593,20 +593,12 @@ def _cmd_vocabulary(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     try:
-        from app import serve  # the Gradio wiring; the library itself never imports gradio
+        from app import serve_args  # the Gradio wiring; the library never imports gradio
     except ImportError as exc:
         raise SystemExit(
             f"vlseg serve needs the app extra: pip install 'vlseg[app]' ({exc})"
         ) from exc
-    serve(
-        args.model,
-        args.index,
-        args.host,
-        args.port,
-        args.auth,
-        concurrency=args.concurrency,
-        torch_threads=args.torch_threads,
-    )
+    serve_args(args)
     return 0
 
 

@@ -13,3 +13,5 @@ def test_vlseg_serve_passes_threads_and_concurrency(monkeypatch):
     assert kw == {"concurrency": app.TURN_CONCURRENCY, "torch_threads": 1}
     assert cli_main(["serve", "--concurrency", "3", "--torch-threads", "2"]) == 0
     assert calls[-1][1] == {"concurrency": 3, "torch_threads": 2}
+    assert app.main(["--concurrency", "3", "--torch-threads", "2"]) == 0  # python app.py
+    assert calls[-1] == calls[-2]
