@@ -467,6 +467,7 @@ def serve(
     block: bool = True,
     concurrency: int = TURN_CONCURRENCY,
     torch_threads: int | None = None,
+    text_dtype: str | None = None,
     malloc_arenas: int | None = MALLOC_ARENAS,
 ) -> gr.Blocks:
     """Start the chat service.
@@ -482,6 +483,8 @@ def serve(
         torch_threads: torch's intra-op threads for this process (None: leave as set). Under
             load one per call is best: concurrent turns already use the cores, and a thread
             team on a busy CPU spends its time waiting for its descheduled members.
+        text_dtype: ``"bfloat16"`` keeps the text tower in bf16 (``vlseg.load``): cheaper new
+            prompts on CPUs with AVX512-BF16 or AMX; None: as trained.
         malloc_arenas: the most glibc malloc arenas for this process (None: glibc's default,
             8 per core, and no trimming). Every thread that handles requests would otherwise
             get an arena of its own, each keeping the memory it frees: in
@@ -500,7 +503,12 @@ def serve(
         import torch
 
         torch.set_num_threads(int(torch_threads))
-    seg = model if isinstance(model, Segmenter) else load(model)
+    if isinstance(model, Segmenter):
+        seg = model
+        if text_dtype is not None:
+            seg.set_text_dtype(text_dtype)
+    else:
+        seg = load(model, text_dtype=text_dtype)
     if isinstance(index, (str, os.PathLike)):
         check_index_model(seg, index)  # embeddings of another model would give wrong cases
     demo = build_demo(seg, load_index(index), concurrency=concurrency)
@@ -534,6 +542,12 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="torch intra-op threads (default 1: concurrent turns keep the cores busy)",
     )
+    parser.add_argument(
+        "--text-dtype",
+        default=None,
+        choices=["float32", "bfloat16"],
+        help="text tower weights (bfloat16: cheaper new prompts on CPUs with AVX512-BF16/AMX)",
+    )
     args = parser.parse_args(argv)
     try:
         parse_auth(args.auth)
@@ -556,6 +570,7 @@ def serve_args(args: argparse.Namespace) -> gr.Blocks:
         args.auth,
         concurrency=args.concurrency,
         torch_threads=args.torch_threads,
+        text_dtype=args.text_dtype,
     )
 
 

@@ -852,6 +852,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="torch intra-op threads (default 1: concurrent turns keep the cores busy)",
     )
+    p.add_argument(
+        "--text-dtype",
+        default=None,
+        choices=["float32", "bfloat16"],
+        help="text tower weights (bfloat16: cheaper new prompts on CPUs with AVX512-BF16/AMX)",
+    )
     p.set_defaults(func=_cmd_serve)
     return parser
 

@@ -145,8 +145,6 @@ class Segmenter:
         # other setting converts it back (answers stay the same; only speed differs).
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
-        if text_dtype is not None:
-            self._set_text_dtype(text_dtype)
         self.vocabulary = None if vocabulary is None else frozenset(vocabulary)
         self.image_size = image_size
         self.serving = dataclasses.replace(serving or ServingConfig())
@@ -158,6 +156,8 @@ class Segmenter:
         self._class_cache: dict[tuple, np.ndarray] = {}
         # text features per prompt (bypassed while a prompt learner is attached)
         self.text_cache = TextCache()
+        if text_dtype is not None:
+            self.set_text_dtype(text_dtype)
         # how to load this model again, {"model", "adapter"} (set by ``load``; recorded by
         # retrieval indexes built with it); None for a Segmenter built in code
         self.source: dict[str, str | None] | None = None
@@ -166,8 +166,9 @@ class Segmenter:
         # concurrently) would each see the other's hooks: such models run one call at a time.
         self._prompted_lock = threading.Lock()
 
-    def _set_text_dtype(self, text_dtype: str | torch.dtype) -> None:
-        """Keep the text tower's weights in ``text_dtype`` (in place, like the layout)."""
+    def set_text_dtype(self, text_dtype: str | torch.dtype) -> None:
+        """Keep the text tower's weights in ``text_dtype`` (``"bfloat16"`` or ``"float32"``; in
+        place, like the layout); cached text features are dropped."""
         dtype = TEXT_DTYPES.get(text_dtype) if isinstance(text_dtype, str) else text_dtype
         if dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(
@@ -180,6 +181,7 @@ class Segmenter:
                 "tokens are float32; load the adapter without text_dtype"
             )
         self.model.text.to(dtype)
+        self.text_cache.clear()
 
     @property
     def threshold(self) -> float:
