@@ -459,7 +459,7 @@ def render_ct(
 
     if randomize is not None:
         objects = [o for o in objects if o.mask.any()]  # organs absent at this slice level
-        return rnd.ct_appearance(randomize, lab, objects, an, contrast=synthetic_contrast)
+        return rnd.ct_appearance(randomize, lab, objects, an, synthetic_contrast=synthetic_contrast)
 
     scanner = _scanner(rng)
     image = window_ct(scan_ct(hu, a.inner, scanner, rng), scanner)

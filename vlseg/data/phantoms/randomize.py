@@ -354,7 +354,7 @@ def ct_appearance(
     objects: list[PhantomObject],
     anatomy: CTAnatomy,
     *,
-    contrast: bool = False,
+    synthetic_contrast: bool = False,
 ) -> tuple[np.ndarray, list[PhantomObject], dict[str, Any]]:
     """Render a CT image from a tissue label map with a random appearance and geometry.
 
@@ -363,7 +363,7 @@ def ct_appearance(
         lab: HxW uint8 tissue labels (``T_*``) painted by ``render_ct``.
         objects: the annotated objects (masks on the same grid as ``lab``).
         anatomy: the anatomy variation used to draw ``lab`` (recorded in the attributes).
-        contrast: also draw synthetic tissue contrasts and display curves
+        synthetic_contrast: also draw synthetic tissue contrasts and display curves
             (``appearance="randomized-contrast"``); False draws exactly what it drew before
             they existed.
 
@@ -413,7 +413,7 @@ def ct_appearance(
             lut[T_CORE0 + k] = val
         lut[T_LESION0 + k] = val
 
-    synthetic = contrast and bool(arng.random() < SYNTHETIC_CONTRAST_P)
+    synthetic = synthetic_contrast and bool(arng.random() < SYNTHETIC_CONTRAST_P)
     if synthetic:
         _synthetic_contrast(arng, lut, lo, hi)
 
@@ -444,8 +444,7 @@ def ct_appearance(
     ramp = _u(arng, -15, 15) * (np.cos(ang) * g.x + np.sin(ang) * g.y)
     hu += bias * smooth_noise(arng, size, size / _u(arng, 3, 6)) + ramp + _u(arng, -15, 15)
     v = np.clip((hu - lo) / width, 0.0, 1.0)
-    display = {"gamma": 1.0, "inverted": False, "noise": 0.0}
-    if contrast:
+    if synthetic_contrast:
         v, display = _display_curve(arng, v)
     image = np.clip(v * 255.0, 0, 255).round().astype(np.uint8)
 
@@ -460,7 +459,7 @@ def ct_appearance(
         "width": width,
         "texture_hu": tex_amp,
     }
-    if contrast:
+    if synthetic_contrast:
         scanner.update(synthetic_contrast=synthetic, display=display)
     attrs = {
         "appearance": "randomized",
