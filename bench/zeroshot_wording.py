@@ -24,7 +24,8 @@ Every wording is scored twice: with the template ``"{}"`` (the label as typed) a
 model's own default templates (``serving.templates`` for the modality task, the template set of
 the modality's ``serving.label_sets`` entry for the others). The classifier is the public one:
 ``Segmenter.class_embeddings(labels, templates)`` and ``vlseg.inference.zero_shot`` on the images'
-embeddings, exactly what ``Segmenter.classify`` computes.
+zero-shot embeddings (the model's zero-shot head where it has one), exactly what
+``Segmenter.classify`` computes.
 
 Data (gitignored ``data/``):
 
@@ -260,7 +261,10 @@ def score(task: str, logits: np.ndarray, y: np.ndarray) -> float:
 @torch.no_grad()
 def embed(seg, paths: list[Path], batch: int = 64) -> np.ndarray:
     return np.concatenate(
-        [seg.encode(list(paths[s : s + batch])).embedding for s in range(0, len(paths), batch)]
+        [
+            seg.encode(list(paths[s : s + batch])).zeroshot_embedding
+            for s in range(0, len(paths), batch)
+        ]
     )
 
 

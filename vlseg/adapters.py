@@ -42,13 +42,16 @@ def state_dict_sha256(model: nn.Module, *, adapters: bool = False) -> str:
 
     Adapter tensors are skipped and LoRA-wrapped keys are mapped back, so an adapted model hashes
     like its base; any change to a base tensor changes the hash. ``adapters=True`` hashes every
-    tensor, adapter ones included (what the model computes, e.g. for a retrieval index).
+    tensor, adapter ones included (what the model computes, e.g. for a retrieval index). The
+    zero-shot head (``zeroshot_head.``) is never hashed: it feeds zero-shot classification
+    only, so adding or retraining it neither invalidates adapters tuned on the base nor
+    retrieval indexes built with it.
     """
     h = hashlib.sha256()
     state = {
         k.replace(".base_layer.", "."): v
         for k, v in model.state_dict().items()
-        if adapters or not _is_adapter_key(k)
+        if (adapters or not _is_adapter_key(k)) and not k.startswith("zeroshot_head.")
     }
     for key in sorted(state):
         t = state[key].detach().cpu().contiguous()

@@ -29,6 +29,15 @@ extra negative in its image-to-text row. The text tower is frozen, so every capt
 once before training. Validation then also scores zero-shot classification with the generator's
 own class phrasings (modality, dermoscopy class, hepatic lesion, spleen on the slice), and
 ``best/`` is the step with the best mean of that and the retrieval recall.
+
+Which head trains (``target``): ``head`` retrains the tower's own embedding head, which
+zero-shot classification, retrieval and prompt learners share. ``zeroshot_head`` trains a copy
+of it (``VLSegModel.add_zeroshot_head``, saved under ``zeroshot_head.`` with ``zeroshot_head:
+true`` in the model config) that only zero-shot classification uses, with a temperature of its
+own: every other weight, the tower's head and the CLIP temperature included, stays
+bit-identical, so retrieval keeps the caption-specific detail that paraphrases blur and only
+zero-shot gains their wording robustness. ``best/`` is then chosen by the zero-shot probes
+alone (retrieval recall is still logged).
 """
 
 from __future__ import annotations
@@ -60,6 +69,8 @@ from .registry import model_config
 from .training import Checkpointer, MetricsLog, optimizer_step, warmup_cosine
 
 HEAD = "vision.visual.head."
+ZEROSHOT_HEAD = "zeroshot_head."
+TARGETS = ("head", "zeroshot_head")
 
 
 @dataclass
@@ -94,15 +105,27 @@ class AlignConfig:
     # every other CT image in the batch)
     fact_positives: bool = True
     caption_cache: str | None = None  # .safetensors reused across runs for paraphrase embeddings
+    # head: the tower's embedding head (zero-shot, retrieval and prompt learners share it);
+    # zeroshot_head: a separate head that only zero-shot classification uses (the rest kept)
+    target: str = "head"
 
 
 def _build(cfg: AlignConfig):
     """(model, model config, checkpoint metadata): ``model``'s architecture with ``init``'s
     weights outside the head."""
+    zeroshot = cfg.target == "zeroshot_head"
     if cfg.init is None:
         if cfg.model is None:
             raise ValueError("set init (a checkpoint dir) or model (a registered name)")
-        return resolve(cfg.model, allow_untrained=True)
+        model, mcfg, meta = resolve(cfg.model, allow_untrained=True)
+        if zeroshot and model.zeroshot_head is None:
+            model.add_zeroshot_head()
+            mcfg.zeroshot_head = True
+        return model, mcfg, meta
+    if zeroshot:  # every weight from init; the zero-shot head starts as a copy of the tower's
+        return load_checkpoint(
+            cfg.init, overrides={"zeroshot_head": True}, rebuild=(ZEROSHOT_HEAD,)
+        )
     overrides = None if cfg.model is None else to_dict(model_config(cfg.model))
     return load_checkpoint(cfg.init, overrides=overrides, rebuild=(HEAD,))
 
@@ -224,12 +247,23 @@ def align(cfg: AlignConfig) -> Path:
         raise ValueError(f"original_frac={cfg.original_frac} must be in [0, 1]")
     if cfg.hard_negatives and not cfg.paraphrases:
         raise ValueError("hard_negatives needs paraphrases (the generator writes them)")
+    if cfg.target not in TARGETS:
+        raise ValueError(f"target={cfg.target!r}; choose one of {TARGETS}")
+    if cfg.target == "zeroshot_head" and cfg.model is not None and cfg.init is not None:
+        raise ValueError("target=zeroshot_head keeps init's architecture: leave model unset")
     model, mcfg, init_meta = _build(cfg)
     model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     head = _vision_head(model)
-    params = [*head.parameters(), model.logit_scale]
+    if cfg.target == "zeroshot_head":
+        model.zeroshot_head.load_state_dict(head.state_dict())
+        head = model.zeroshot_head  # trains on the tower head's inputs (the same features)
+        # its own temperature: the model's (the contrastive term of later training) is kept
+        scale = torch.nn.Parameter(model.logit_scale.detach().clone())
+    else:
+        scale = model.logit_scale
+    params = [*head.parameters(), scale]
     for p in params:
         p.requires_grad_(True)
 
@@ -258,7 +292,7 @@ def align(cfg: AlignConfig) -> Path:
         if ood is not None and ood.is_file():
             shutil.copyfile(ood, path / OOD_FILE)
 
-    best_row = _train_head(model, head, params, tr, va, cfg, device, save=save)
+    best_row = _train_head(scale, head, params, tr, va, cfg, device, save=save)
     write_json(out / "best_metrics.json", best_row)
     return out
 
@@ -539,11 +573,11 @@ def _head_recall(head: torch.nn.Module, va: dict, device) -> dict[str, float]:
     return res
 
 
-def _train_head(model, head, params, tr: dict, va: dict, cfg: AlignConfig, device, *, save):
-    """Train ``params`` (the head and the CLIP temperature) with the CLIP loss on the cached
-    features ``tr``; every ``eval_every`` steps log the validation recall to
-    ``out/metrics.jsonl`` and write ``out/best`` (through ``save``) when the mean recall is the
-    best so far. Returns the best evaluation's metrics row."""
+def _train_head(scale, head, params, tr: dict, va: dict, cfg: AlignConfig, device, *, save):
+    """Train ``params`` (the head and ``scale``, the CLIP temperature it trains with) with the
+    CLIP loss on the cached features ``tr``; every ``eval_every`` steps log the validation
+    recall to ``out/metrics.jsonl`` and write ``out/best`` (through ``save``) when the
+    selection score is the best so far. Returns the best evaluation's metrics row."""
     out = Path(cfg.out)
     optimizer = torch.optim.AdamW(
         [{"params": params, "lr": cfg.lr, "base_lr": cfg.lr}], weight_decay=cfg.weight_decay
@@ -569,7 +603,7 @@ def _train_head(model, head, params, tr: dict, va: dict, cfg: AlignConfig, devic
             loss = multi_positive_clip_loss(
                 emb,
                 txt.to(device),
-                model.logit_scale,
+                scale,
                 same.to(device),
                 None if neg is None else neg.to(device),
             )
@@ -577,7 +611,7 @@ def _train_head(model, head, params, tr: dict, va: dict, cfg: AlignConfig, devic
             x, cap = _sample(tr["feats"], tr["cap"], cfg.batch_size, gen)
             emb = head(x.float().to(device))  # (B, E)
             txt = tr["caption_emb"][cap].to(device)  # (B, E)
-            loss = clip_loss(emb, txt, model.logit_scale, groups=cap.to(device))
+            loss = clip_loss(emb, txt, scale, groups=cap.to(device))
         loss.backward()
         optimizer_step(optimizer, warmup_cosine(step, warmup=warmup, total=cfg.steps))
         bar.set_postfix(loss=f"{loss.item():.3f}")
@@ -587,7 +621,11 @@ def _train_head(model, head, params, tr: dict, va: dict, cfg: AlignConfig, devic
             score = np.mean([row[f"t2i_R@{k}"] + row[f"i2t_R@{k}"] for k in (1, 5, 10)])
             if "zero_shot" in va:  # recall (each term in [0, 2]) and zero-shot, equal weights
                 row.update(_head_zero_shot(head, va, device))
-                score = 0.5 * score + row["zero_shot_mean"]
+                score = (
+                    row["zero_shot_mean"]
+                    if cfg.target == "zeroshot_head"
+                    else 0.5 * score + row["zero_shot_mean"]
+                )
             log.append(row)
             if ckpt.save_best_if_better(score, {"align": {"init": cfg.init, **row}}):
                 best_row = row

@@ -39,6 +39,9 @@ class ModelConfig:
         default_factory=lambda: ["c_fc", "c_proj", "qkv", "query", "key", "value"]
     )
     sentence_token: bool = False  # the sentence embedding is also a cross-attention key/value
+    # a second image-embedding head used only by zero-shot classification (``vlseg align
+    # target=zeroshot_head``); retrieval and every other use keep the tower's own head
+    zeroshot_head: bool = False
     mean: list[float] | None = None  # preprocessing mean; None = the towers' own
     std: list[float] | None = None  # preprocessing std; None = the towers' own
 

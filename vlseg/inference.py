@@ -69,6 +69,16 @@ class EncodedImage:
         return emb.cpu().numpy().astype(np.float32)
 
     @property
+    def zeroshot_embedding(self) -> np.ndarray:
+        """L2-normalised image embeddings for zero-shot classification, N x E float32: the
+        model's zero-shot head where it has one (``VLSegModel.zeroshot_head``), else
+        :attr:`embedding`."""
+        z = self.features.zeroshot
+        if z is None:
+            return self.embedding
+        return F.normalize(z.detach().float(), dim=-1).cpu().numpy().astype(np.float32)
+
+    @property
     def pooled(self) -> np.ndarray:
         """N x (sum of widths) L2-normalised global averages of the multi-scale maps (they
         describe appearance at every scale, where the CLIP embedding keeps only what separates

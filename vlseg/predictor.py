@@ -389,6 +389,10 @@ class Segmenter:
     def classify(self, image=None, labels: Sequence[str] | None = None, templates=None):
         """Zero-shot classification: softmax over ``100 * image @ classes.T``.
 
+        The image side is the model's zero-shot head where it has one (a head aligned to
+        paraphrased captions, so that the answer holds across wordings of the labels; see
+        docs/model.md), else the CLIP image embedding that retrieval also uses.
+
         Args:
             image: path/PIL/array, a list of them, an ``EncodedImage``, or None for the cached
                 image.
@@ -417,7 +421,7 @@ class Segmenter:
             raise ValueError("labels must be non-empty strings")
         classes = self.class_embeddings(labels, templates)
         encoded, many = self._resolve(image)
-        out = zero_shot(encoded.embedding, classes, labels)
+        out = zero_shot(encoded.zeroshot_embedding, classes, labels)
         return out if many else out[0]
 
     # -- segmentation -----------------------------------------------------------------------

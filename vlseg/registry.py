@@ -103,7 +103,7 @@ def build_model(cfg: ModelConfig) -> VLSegModel:
         vision.mean = tuple(cfg.mean)
     if cfg.std is not None:
         vision.std = tuple(cfg.std)
-    return VLSegModel(
+    model = VLSegModel(
         vision=vision,
         text=text,
         logit_scale=logit_scale,
@@ -112,3 +112,6 @@ def build_model(cfg: ModelConfig) -> VLSegModel:
         num_heads=cfg.num_heads,
         sentence_token=cfg.sentence_token,
     )
+    if cfg.zeroshot_head:
+        model.add_zeroshot_head()
+    return model

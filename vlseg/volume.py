@@ -83,8 +83,13 @@ class EncodedVolume:
     def embedding(self) -> np.ndarray:
         """The volume's L2-normalised CLIP embedding: the mean of its slices' embeddings,
         normalised (1 x E), for zero-shot classification and retrieval of a whole volume."""
-        emb = np.concatenate([c.embedding for c in self.chunks]).mean(0, keepdims=True)
-        return (emb / max(float(np.linalg.norm(emb)), 1e-12)).astype(np.float32)
+        return _mean_direction([c.embedding for c in self.chunks])
+
+    @property
+    def zeroshot_embedding(self) -> np.ndarray:
+        """As :attr:`embedding`, from the zero-shot head's slice embeddings
+        (``EncodedImage.zeroshot_embedding``)."""
+        return _mean_direction([c.zeroshot_embedding for c in self.chunks])
 
     @property
     def ood_scores(self) -> list[float] | None:
@@ -191,6 +196,12 @@ def _set_probs(self: VolumeResult, value) -> None:
 # ``probs`` stays a dataclass field (constructor argument, ``dataclasses.replace``) backed by a
 # property, so that it can be given as a function and computed only when read.
 VolumeResult.probs = property(_get_probs, _set_probs, doc="float32 per-voxel probability")
+
+
+def _mean_direction(parts: list[np.ndarray]) -> np.ndarray:
+    """1 x E: the L2-normalised mean of the rows of ``parts`` (unit vectors)."""
+    emb = np.concatenate(parts).mean(0, keepdims=True)
+    return (emb / max(float(np.linalg.norm(emb)), 1e-12)).astype(np.float32)
 
 
 def _ranges(idx: Sequence[int]) -> str:

@@ -64,14 +64,7 @@ def concat_encoded(parts: Sequence[EncodedImage]) -> EncodedImage:
     shapes = {tuple(tuple(m.shape[1:]) for m in f.maps) for f in feats}
     if len(shapes) != 1:
         raise ValueError(f"encoded images of different feature shapes: {sorted(shapes)}")
-    maps = [torch.cat(scale) for scale in zip(*(f.maps for f in feats), strict=True)]
-    prepared = None
-    if all(f.prepared is not None for f in feats):
-        prepared = [
-            (torch.cat([c for c, _ in scale]), torch.cat([q for _, q in scale]))
-            for scale in zip(*(f.prepared for f in feats), strict=True)
-        ]
-    features = type(feats[0])(maps, torch.cat([f.embedding for f in feats]), prepared)
+    features = type(feats[0]).concat(feats)
     images = None if any(p.images is None for p in parts) else [i for p in parts for i in p.images]
     ood = (
         None

@@ -317,6 +317,8 @@ class VisionEncoder(nn.Module):
             "features": 4 maps B x C_i x H/s x W/s for s = 4, 8, 16, 32 (C_i = out_channels[i]).
             "embedding": BxE projected CLIP image embedding (not normalised), equal to
                 ``model.encode_image(images)`` in eval mode.
+            "head_input": (timm towers) what the tower's embedding head pooled, for a second
+                head on the same features.
         """
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be Bx3xHxW, got {tuple(images.shape)}")
@@ -365,14 +367,23 @@ class VisionEncoder(nn.Module):
         if self.tower_kind == "vit":
             grid, embedding = self._vit_forward(images, prompt, deep_prompt)
             feats = self.neck(grid, (h, w))
-        elif self.tower_kind == "timm_vit":
-            out = self.visual.forward_intermediates(images, indices=1, normalize_intermediates=True)
-            feats = self.neck(out["image_intermediates"][-1], (h, w))
-            embedding = out["image_features"]
-        elif self.tower_kind == "timm_cnn":
-            out = self.visual.forward_intermediates(images, indices=self._indices)
-            feats = self.neck(out["image_intermediates"], (h, w))
-            embedding = out["image_features"]
+        elif self.tower_kind in ("timm_vit", "timm_cnn"):
+            # open_clip's TimmModel.forward_intermediates, step by step, so that the embedding
+            # head's input is at hand for a second head (``VLSegModel.zeroshot_head``)
+            vit = self.tower_kind == "timm_vit"
+            trunk = self.visual.trunk
+            final, inter = trunk.forward_intermediates(
+                images,
+                indices=1 if vit else self._indices,
+                intermediates_only=False,
+                norm=vit,
+                stop_early=False,
+                output_fmt="NCHW",
+            )
+            feats = self.neck(inter[-1] if vit else inter, (h, w))
+            head_input = trunk.forward_head(final)
+            embedding = self.visual.head(head_input)
+            return {"features": feats, "embedding": embedding, "head_input": head_input}
         else:  # modified_resnet: stages 1..4 of (stem, layer1..layer4)
             out = self.visual.forward_intermediates(images, indices=[1, 2, 3, 4])
             feats = self.neck(out["image_intermediates"], (h, w))

@@ -19,18 +19,40 @@ class ImageFeatures:
     Attributes:
         maps: 4 maps at strides 4/8/16/32 projected to the decoder width (B x C x H_i x W_i).
         embedding: B x E CLIP image embedding (not normalised).
+        prepared: per scale, the text-independent half of the fusion block (context, queries).
+        zeroshot: B x E embedding of the zero-shot head (``VLSegModel.zeroshot_head``), or None
+            when the model has none (zero-shot then uses ``embedding``).
     """
 
     maps: list[torch.Tensor]
     embedding: torch.Tensor
-    prepared: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per-scale (context, queries)
+    prepared: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    zeroshot: torch.Tensor | None = None
 
     def select(self, index: torch.Tensor) -> ImageFeatures:
         """Gather rows (e.g. repeat one image for several prompts)."""
         prepared = (
             None if self.prepared is None else [(c[index], q[index]) for c, q in self.prepared]
         )
-        return ImageFeatures([m[index] for m in self.maps], self.embedding[index], prepared)
+        zeroshot = None if self.zeroshot is None else self.zeroshot[index]
+        return ImageFeatures(
+            [m[index] for m in self.maps], self.embedding[index], prepared, zeroshot
+        )
+
+    @classmethod
+    def concat(cls, parts: list[ImageFeatures]) -> ImageFeatures:
+        """Stack the rows of several feature sets (same map shapes) into one."""
+        maps = [torch.cat(scale) for scale in zip(*(f.maps for f in parts), strict=True)]
+        prepared = None
+        if all(f.prepared is not None for f in parts):
+            prepared = [
+                (torch.cat([c for c, _ in scale]), torch.cat([q for _, q in scale]))
+                for scale in zip(*(f.prepared for f in parts), strict=True)
+            ]
+        zeroshot = None
+        if all(f.zeroshot is not None for f in parts):
+            zeroshot = torch.cat([f.zeroshot for f in parts])
+        return cls(maps, torch.cat([f.embedding for f in parts]), prepared, zeroshot)
 
 
 @dataclass
@@ -93,6 +115,29 @@ class VLSegModel(nn.Module):
         self.decoder = FullScaleDecoder(dim=dim, levels=len(vision.out_channels))
         self.presence = PresenceHead(dim=dim)
         self.prompter: nn.Module | None = None
+        self.zeroshot_head: nn.Module | None = None
+
+    def add_zeroshot_head(self) -> nn.Module:
+        """Give the model a second image-embedding head, used only by zero-shot classification.
+
+        A copy of the vision tower's own head (same architecture, same weights until trained,
+        e.g. by ``vlseg align target=zeroshot_head``), computed on the same input in every
+        image encoding. Its weights are frozen here (they train only in ``vlseg align``) and
+        saved under ``zeroshot_head.``; retrieval, prompt learners and the contrastive term
+        keep using the tower's head. Only towers with a separate embedding head (timm) have one.
+        """
+        import copy
+
+        head = getattr(self.vision.visual, "head", None)
+        timm = self.vision.tower_kind in ("timm_cnn", "timm_vit")
+        if not (timm and isinstance(head, nn.Module)):
+            raise ValueError(
+                "zeroshot_head needs a vision tower with a separate embedding head (timm "
+                f"towers); this one is {self.vision.tower_kind}"
+            )
+        self.zeroshot_head = copy.deepcopy(head)
+        self.zeroshot_head.requires_grad_(False)
+        return self.zeroshot_head
 
     def attach_prompter(self, prompter: nn.Module | None) -> None:
         """Route text and image encoding through a prompt learner (None detaches it).
@@ -114,7 +159,10 @@ class VLSegModel(nn.Module):
         maps = [p(f) for p, f in zip(self.in_proj, out["features"], strict=True)]
         # The text-independent half of each fusion block is computed once per image.
         prepared = [blk.prepare(m) for blk, m in zip(self.fusion, maps, strict=True)]
-        return ImageFeatures(maps, out["embedding"], prepared)
+        zeroshot = None
+        if self.zeroshot_head is not None:
+            zeroshot = self.zeroshot_head(out["head_input"])
+        return ImageFeatures(maps, out["embedding"], prepared, zeroshot)
 
     def encode_text(
         self, ids: torch.Tensor, mask: torch.Tensor, image_embedding: torch.Tensor | None = None
