@@ -48,7 +48,7 @@ def test_zeroshot_head_trains_alone_and_classify_uses_it(tiny_data, tmp_path):
     mcfg = model_config(_timm_yaml(tmp_path))
     init = save_checkpoint(
         build_model(mcfg), mcfg, tmp_path / "init",
-        extra={"vocabulary": "liver", "serving": {"threshold": 0.4}},
+        extra={"vocabulary": "liver", "serving": {"threshold": 0.4}, "step": 7},
     )  # fmt: skip
     (init / "ood.safetensors").write_bytes(b"ood fit")
     cfg = AlignConfig(
@@ -73,6 +73,8 @@ def test_zeroshot_head_trains_alone_and_classify_uses_it(tiny_data, tmp_path):
 
     model, loaded_cfg, meta = load_checkpoint(out)  # strict load: config says zeroshot_head
     assert loaded_cfg.zeroshot_head and meta["serving"] == {"threshold": 0.4}
+    # init's whole record kept (its training step too); the alignment recorded beside it
+    assert meta["step"] == 7 and meta["zeroshot_align"]["step"] in (4, 8)
     base, _, _ = load_checkpoint(init)
     # the zero-shot head does not count in the hash adapters and retrieval indexes check
     assert state_dict_sha256(model, adapters=True) == state_dict_sha256(base, adapters=True)

@@ -285,9 +285,15 @@ def align(cfg: AlignConfig) -> Path:
         va["zero_shot"] = _zero_shot_probes(model, datasets, cfg.val_split, va["images"], device)
     # Segmentation, calibration and the out-of-domain fit do not use the head: keep them.
     meta = {k: init_meta[k] for k in ("vocabulary", "serving") if init_meta.get(k) is not None}
+    record = "align"
+    if cfg.target == "zeroshot_head":  # init's model unchanged: keep its whole record too
+        own = ("model", "external", "checkpoint_dir", "random_init", "zeroshot_align")
+        meta = {k: v for k, v in init_meta.items() if k not in own}
+        record = "zeroshot_align"
     ood = None if cfg.init is None else Path(cfg.init) / OOD_FILE
 
     def save(path: Path, extra: dict) -> None:
+        extra = {record if k == "align" else k: v for k, v in extra.items()}
         save_checkpoint(model, mcfg, path, extra={**extra, **meta})
         if ood is not None and ood.is_file():
             shutil.copyfile(ood, path / OOD_FILE)
