@@ -59,11 +59,17 @@ def main(argv=None) -> int:
     p.add_argument("--split", default="test_heldout")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--limit", type=int, default=None, help="an evenly spaced subset")
+    p.add_argument(
+        "--no-refine", action="store_true", help="without the edge-aware mask refinement"
+    )
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    res = breakdown(vlseg.load(args.model), args.data, args.split, args.limit)
+    seg = vlseg.load(args.model)
+    if args.no_refine:
+        seg.serving.refine = None
+    res = breakdown(seg, args.data, args.split, args.limit)
     print(f"{args.split}: Dice {res['dice']:.3f} over {res['n']} positive expressions")
     for k, v in res["targets"].items():
         print(f"  {k:24s} n={v['n']:4d}  Dice {v['dice']:.3f}")

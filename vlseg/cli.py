@@ -161,6 +161,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     seg = load(args.model, adapter=args.adapter)
     seg.referring = not args.no_referring
+    if args.no_refine:
+        seg.serving.refine = None
     vis = seg.model.vision
     results = {}
     for split in args.split:
@@ -717,6 +719,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="score the model's direct answer to prompts naming one instance ('the largest "
         "lesion') instead of the referring resolver's, which Segmenter.segment uses",
+    )
+    p.add_argument(
+        "--no-refine",
+        action="store_true",
+        help="score the decoder's upsampled masks without the edge-aware refinement "
+        "(serving.refine) that Segmenter.segment applies",
     )
     p.add_argument("--out", help="metrics JSON path")
     p.set_defaults(func=_cmd_eval)

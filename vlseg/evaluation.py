@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .data.io import LoadedImage, load_image
 from .data.manifest import ManifestDataset, collate, load_record_target
 from .inference import decode, encode, postprocess
 from .metrics import SegmentationMeter, binary_auroc
@@ -23,6 +24,12 @@ from .serving import ServingConfig
 
 
 @torch.no_grad()
+def _guide_image(ds: ManifestDataset, index: int) -> LoadedImage:
+    """The item's image as ``Segmenter`` loads it (the guide of ``serving.refine``)."""
+    r = ds.record_for(index)
+    return load_image(r.image, slice_index=r.slice_index, window=ds.window)
+
+
 def evaluate(
     model,
     ds: ManifestDataset,
@@ -78,7 +85,10 @@ def evaluate(
         pixels = batch["image"].to(device)
         input_size = tuple(pixels.shape[-2:])
         sizes = [tuple(s) for s in batch["orig_size"]]
-        encoded = encode(model, pixels, sizes, batch["spacing"], ood=ood)
+        images = None
+        if original_resolution and serving.refine is not None:  # the guide, as users get it
+            images = [_guide_image(ds, i) for i in batch["index"]]
+        encoded = encode(model, pixels, sizes, batch["spacing"], images=images, ood=ood)
         texts = list(batch["text"])
         selectors = [parse_selector(t) if referring else None for t in texts]
         plan = plan_referring(texts, range(len(texts)), selectors)

@@ -21,6 +21,7 @@ from scipy import ndimage
 
 from .data.io import LoadedImage
 from .modeling.vlseg import ImageFeatures, TextFeatures, upsample_logits
+from .refine import guide_of, refine_probabilities
 from .serving import ServingConfig
 from .vocabulary import unfamiliar, ungrounded
 
@@ -344,7 +345,9 @@ def postprocess(
     """Raw outputs -> one ``SegmentationResult`` per prompt.
 
     Presence: ``sigmoid(calibrate(logit)) >= serving.threshold``. Mask: pixels with probability
-    ``> serving.threshold``, only for a present prompt; an empty mask is "absent".
+    ``> serving.threshold``, only for a present prompt; an empty mask is "absent". The
+    probabilities are the decoder's, upsampled to the image and, with ``serving.refine``,
+    aligned to the image's edges (``vlseg.refine``; needs the loaded images).
 
     Args:
         decoded, encoded: from :func:`decode` and :func:`encode`.
@@ -362,7 +365,13 @@ def postprocess(
     for row in dict.fromkeys(decoded.image_index):
         picks = [j for j, i in enumerate(decoded.image_index) if i == row]
         out_size = size or encoded.sizes[row]
-        probs = mask_probabilities(decoded.logits[picks], out_size).cpu().numpy()
+        probs_t = mask_probabilities(decoded.logits[picks], out_size)
+        if encoded.images is not None and tuple(out_size) == tuple(encoded.sizes[row]):
+            guide = guide_of(encoded.images[row].rgb)
+            probs_t = refine_probabilities(
+                probs_t, guide, decoded.logits.shape[-2:], serving.refine
+            )
+        probs = probs_t.cpu().numpy()
         sp = spacing or encoded.spacings[row]
         ood = None if encoded.ood_scores is None else encoded.ood_scores[row]
         for j, p in zip(picks, probs, strict=True):

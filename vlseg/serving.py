@@ -25,6 +25,9 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .refine import DEFAULT as REFINE_DEFAULT
+from .refine import check_refine
+
 CALIBRATION_METHODS = ("temperature", "platt")
 
 
@@ -54,6 +57,9 @@ class ServingConfig:
             ``vlseg.vocabulary.ungrounded``) is answered "unsure" instead of "present" (its mask
             kept as the tentative answer): nothing in it was grounded in training. Only when
             the model records its vocabulary.
+        refine: edge-aware refinement of the upsampled mask probabilities with the image as
+            guide (``vlseg.refine``): ``{"method": "guided", "radius": R, "eps": E}`` with the
+            window radius R in decoder cells; None: the bilinearly upsampled probabilities.
     """
 
     threshold: float = 0.5
@@ -65,6 +71,7 @@ class ServingConfig:
     unsure: tuple[float, float] | None = None
     ood_threshold: float | None = None
     unfamiliar_unsure: bool = True
+    refine: dict[str, Any] | None = field(default_factory=lambda: dict(REFINE_DEFAULT))
 
     def __post_init__(self) -> None:
         if self.unsure is not None:
@@ -95,6 +102,7 @@ class ServingConfig:
             if method == "platt" and not {"a", "b"} <= set(cal):
                 raise ValueError(f"platt calibration needs 'a' and 'b', got {cal!r}")
         self.labels = [str(x) for x in self.labels]
+        self.refine = check_refine(self.refine)
 
     def verdict(
         self,

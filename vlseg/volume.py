@@ -41,6 +41,7 @@ from .data.transforms import normalize
 from .data.volume_io import Volume
 from .inference import EncodedImage, decode, encode, mask_probabilities
 from .modeling.vlseg import upsample_logits
+from .refine import guide_of, refine_probabilities
 from .serving import ServingConfig
 from .vocabulary import unfamiliar, ungrounded
 
@@ -65,11 +66,14 @@ class EncodedVolume:
         volume: the source volume (values, spacing, the file's shape and affine).
         chunks: the encoded slices, in order, in batches (each an ``EncodedImage``).
         ood_score: the volume's out-of-domain score (median over slices), or None.
+        guide: S x H x W uint8, the slices as the encoder saw them before resizing (the guide
+            of the edge-aware refinement, ``serving.refine``), or None.
     """
 
     volume: Volume
     chunks: list[EncodedImage]
     ood_score: float | None = None
+    guide: np.ndarray | None = field(default=None, repr=False)
     # decoder outputs of the prompts asked on this volume, most recent last: text ->
     # (presence logits S, [logits per chunk]); small (S x 1 x h x w at the decoder's size)
     answers: OrderedDict = field(default_factory=OrderedDict, repr=False)
@@ -270,7 +274,7 @@ def encode_volume(
         chunks.append(enc)
         if progress is not None:
             progress(min(start + batch_size, n), n)
-    out = EncodedVolume(volume, chunks)
+    out = EncodedVolume(volume, chunks, guide=u8)
     scores = out.ood_scores
     out.ood_score = None if scores is None else float(np.median(scores))
     return out
@@ -513,13 +517,28 @@ def segment_volume(
     # probability > thr  <=>  logit > logit(thr): the mask needs no sigmoid over every voxel
     cut = math.log(thr / (1.0 - thr)) if 0.0 < thr < 1.0 else (-math.inf if thr <= 0 else math.inf)
     mask, done = np.empty((n, h, w), dtype=bool), 0
-    for chunk_logits in logits:
-        k = chunk_logits.shape[0]
-        up = upsample_logits(chunk_logits.float(), (h, w))  # as mask_probabilities resizes
-        mask[done : done + k] = (up[:, 0] > cut).cpu().numpy()
-        done += k
+    refined = None
+    if serving.refine is not None and encoded.guide is not None:
+        # each slice aligned to its own edges, as the same slice given as a 2-D image
+        refined = np.empty((n, h, w), dtype=np.float32)
+        for chunk_logits in logits:
+            k = chunk_logits.shape[0]
+            p = mask_probabilities(chunk_logits, (h, w))
+            guides = guide_of(encoded.guide[done : done + k])
+            p = refine_probabilities(p, guides, chunk_logits.shape[-2:], serving.refine)
+            refined[done : done + k] = p.cpu().numpy()
+            done += k
+        mask = refined > thr
+    else:
+        for chunk_logits in logits:
+            k = chunk_logits.shape[0]
+            up = upsample_logits(chunk_logits.float(), (h, w))  # as mask_probabilities resizes
+            mask[done : done + k] = (up[:, 0] > cut).cpu().numpy()
+            done += k
 
     def probs() -> np.ndarray:
+        if refined is not None:
+            return volume.to_stored(refined)
         out, at = np.empty((n, h, w), dtype=np.float32), 0
         for chunk_logits in logits:
             k = chunk_logits.shape[0]
