@@ -63,17 +63,30 @@ def test_follow_up_prompts_do_not_rerun_the_encoder(seg, nifti_path):
 
 def test_each_slice_answers_as_the_2d_path_does(seg, phantom, nifti_path):
     """Without smoothing over z, a volume slice and the same slice given as a 2-D image get
-    the same probabilities."""
+    the same probabilities (with the 2-D path's edge-aware refinement asked for, or without
+    it on both sides)."""
     from vlseg.volume import segment_volume
 
     vol = read_volume(nifti_path)
     encoded = seg.encode(vol)
-    res = segment_volume(seg.model, encoded, "the liver", seg.serving, z_smoothing=0.0)
-    probs = vol.from_stored(res.probs)
     u8 = vol.to_uint8(seg.serving.window)
-    for k in (2, 7):
-        flat = seg.segment(u8[k], "the liver")  # grey 8-bit image, already windowed
-        np.testing.assert_allclose(probs[k], flat.probs, atol=2e-4)
+    spec = seg.serving.refine
+    assert spec is not None  # on by default for 2-D answers
+    for refine in (spec, None):
+        res = segment_volume(
+            seg.model, encoded, "the liver", seg.serving, z_smoothing=0.0, refine=refine
+        )
+        probs = vol.from_stored(res.probs)
+        seg.serving.refine = refine
+        try:
+            for k in (2, 7):
+                flat = seg.segment(u8[k], "the liver")  # grey 8-bit image, already windowed
+                np.testing.assert_allclose(probs[k], flat.probs, atol=2e-4)
+        finally:
+            seg.serving.refine = spec
+    # a volume is not refined unless asked: its answer is the plain one
+    plain = segment_volume(seg.model, encoded, "the liver", seg.serving, z_smoothing=0.0)
+    np.testing.assert_array_equal(plain.probs, res.probs)
 
 
 def test_numpy_volume_with_spacing(seg, phantom):

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-DEFAULT = {"method": "guided", "radius": 0.5, "eps": 1e-3}
+DEFAULT = {"method": "guided", "radius": 0.25, "eps": 1e-3}
 METHODS = ("guided",)
 
 

@@ -473,6 +473,7 @@ def segment_volume(
     min_component_voxels: int = 4,
     max_measured: int = 5,
     z_smoothing: float | None = None,
+    refine: dict | None = None,
 ) -> VolumeResult:
     """Answer one prompt on an encoded volume (the decoder only; no image-encoder run).
 
@@ -488,6 +489,12 @@ def segment_volume(
         z_smoothing: weight of each neighbouring slice's mask logits (see
             :func:`smooth_over_slices`); None: :func:`z_smoothing_weight` from the spacing; 0:
             every slice exactly as the 2-D model answers it alone.
+        refine: an edge-aware refinement spec (``serving.refine``, :mod:`vlseg.refine`)
+            applied to each slice with its own grey levels as guide; None (the default): the
+            upsampled probabilities as they are. Volumes are not refined by default: on the 3-D
+            phantoms the refinement raised Dice (0.869 -> 0.888) and cut the diameter error
+            (1.32 -> 0.84 mm) but shrank every hepatic lesion by a further 3-5% of its volume
+            (median volume error 9.2% -> 12.3%), and a volume is asked for its measurements.
     """
     volume = encoded.volume
     n, (h, w) = len(volume), volume.values.shape[1:]
@@ -518,14 +525,14 @@ def segment_volume(
     cut = math.log(thr / (1.0 - thr)) if 0.0 < thr < 1.0 else (-math.inf if thr <= 0 else math.inf)
     mask, done = np.empty((n, h, w), dtype=bool), 0
     refined = None
-    if serving.refine is not None and encoded.guide is not None:
+    if refine is not None and encoded.guide is not None:
         # each slice aligned to its own edges, as the same slice given as a 2-D image
         refined = np.empty((n, h, w), dtype=np.float32)
         for chunk_logits in logits:
             k = chunk_logits.shape[0]
             p = mask_probabilities(chunk_logits, (h, w))
             guides = guide_of(encoded.guide[done : done + k])
-            p = refine_probabilities(p, guides, chunk_logits.shape[-2:], serving.refine)
+            p = refine_probabilities(p, guides, chunk_logits.shape[-2:], refine)
             refined[done : done + k] = p.cpu().numpy()
             done += k
         mask = refined > thr
