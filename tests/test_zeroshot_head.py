@@ -109,3 +109,28 @@ def test_zeroshot_target_validation(tiny_data, tmp_path):
                           target="both"))  # fmt: skip
     with pytest.raises(ValueError, match="separate embedding head"):
         build_model(model_config("tiny-test")).add_zeroshot_head()
+
+
+def test_finetuning_the_tower_drops_the_zeroshot_head(tiny_data, tmp_path, capsys):
+    from vlseg.config import TrainConfig
+    from vlseg.engine import train
+
+    mcfg = model_config(_timm_yaml(tmp_path))
+    model = build_model(mcfg)
+    model.add_zeroshot_head()
+    mcfg.zeroshot_head = True
+    init = save_checkpoint(model, mcfg, tmp_path / "init")
+
+    def run(name, **kw):
+        cfg = TrainConfig(model="tiny-test", data=str(tiny_data), out=str(tmp_path / name),
+                          init=str(init), epochs=1, batch_size=4, num_workers=0,
+                          warmup_steps=1, val_limit=4, max_steps=1, **kw)  # fmt: skip
+        return load_checkpoint(train(cfg) / "last")
+
+    # the tower trains (the config's default): the head no longer matches it
+    tuned, tuned_cfg, _ = run("ft")
+    assert tuned.zeroshot_head is None and not tuned_cfg.zeroshot_head
+    assert "zero-shot head no longer matches" in capsys.readouterr().out
+    # only the decoder trains: the head still reads the same features and is kept
+    kept, kept_cfg, _ = run("dec", train_only=["decoder."])
+    assert kept.zeroshot_head is not None and kept_cfg.zeroshot_head

@@ -122,6 +122,14 @@ def _captions(ds: ManifestDataset, batch: dict) -> list[str]:
     return [ds.record_for(i).caption or "" for i in batch["index"]]
 
 
+def _tower_trains(model, cfg: TrainConfig) -> bool:
+    """Whether this run updates the image tower's weights (``vision.visual.``)."""
+    tower = [(n, p) for n, p in model.named_parameters() if n.startswith("vision.visual.")]
+    if cfg.train_only:
+        return any(n.startswith(tuple(cfg.train_only)) for n, _ in tower)
+    return any(p.requires_grad for _, p in tower)
+
+
 def train(cfg: TrainConfig) -> Path:
     """Train a model as configured; returns the run directory (``last/`` and ``best/`` inside)."""
     rank, world, device = _dist_setup()
@@ -139,6 +147,16 @@ def train(cfg: TrainConfig) -> Path:
         model, mcfg, init_meta = load_checkpoint(cfg.init, overrides=cfg.model_overrides)
         init_vocabulary = init_meta.get("vocabulary")
         serving = replace(serving_of(init_meta), calibration=None, ood_threshold=None)
+        if model.zeroshot_head is not None and _tower_trains(model, cfg):
+            # the zero-shot head reads the image tower's features, which this run moves
+            model.zeroshot_head = None
+            mcfg = replace(mcfg, zeroshot_head=False)
+            if rank == 0:
+                print(
+                    "the image tower trains: the init's zero-shot head no longer matches it and "
+                    "is dropped (classify uses the tower's head); rerun vlseg align "
+                    "target=zeroshot_head on the result to train a new one"
+                )
     else:
         mcfg = model_config(cfg.model)
         if cfg.model_overrides:
