@@ -46,6 +46,16 @@ class EncodedImage:
     spacings: list[tuple[float, float] | None]
     images: list[LoadedImage] | None = None
     ood_scores: list[float] | None = None
+    # grey-level guides of the edge-aware refinement, per image row, made on first use
+    _guides: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def guide(self, i: int) -> torch.Tensor:
+        """Image ``i``'s H x W grey levels in [0, 1] (``vlseg.refine.guide_of``), cached."""
+        if i not in self._guides:
+            if self.images is None:
+                raise ValueError("encoded from tensors: no loaded image to guide the refinement")
+            self._guides[i] = guide_of(self.images[i].rgb)
+        return self._guides[i]
 
     def __len__(self) -> int:
         return len(self.sizes)
@@ -366,10 +376,10 @@ def postprocess(
         picks = [j for j, i in enumerate(decoded.image_index) if i == row]
         out_size = size or encoded.sizes[row]
         probs_t = mask_probabilities(decoded.logits[picks], out_size)
-        if encoded.images is not None and tuple(out_size) == tuple(encoded.sizes[row]):
-            guide = guide_of(encoded.images[row].rgb)
+        refine = serving.refine is not None and encoded.images is not None
+        if refine and tuple(out_size) == tuple(encoded.sizes[row]):
             probs_t = refine_probabilities(
-                probs_t, guide, decoded.logits.shape[-2:], serving.refine
+                probs_t, encoded.guide(row), decoded.logits.shape[-2:], serving.refine
             )
         probs = probs_t.cpu().numpy()
         sp = spacing or encoded.spacings[row]

@@ -53,8 +53,9 @@ def _box(x: torch.Tensor, r: int) -> torch.Tensor:
 def guide_of(rgb: np.ndarray) -> torch.Tensor:
     """Float32 guide in [0, 1] from uint8 pixels: H x W x 3 (the mean of the channels) or
     B x H x W grey slices."""
-    a = np.asarray(rgb, dtype=np.float32)
-    return torch.from_numpy((a.mean(-1) if a.ndim == 3 and a.shape[-1] == 3 else a) / 255.0)
+    a = np.asarray(rgb)
+    grey = a.mean(-1, dtype=np.float32) if a.ndim == 3 and a.shape[-1] == 3 else a
+    return torch.from_numpy(np.multiply(grey, 1.0 / 255.0, dtype=np.float32))
 
 
 def radius_px(size: tuple[int, int], decoder_size: tuple[int, int], cells: float) -> int:
