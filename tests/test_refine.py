@@ -7,6 +7,7 @@ import torch
 from vlseg.refine import (
     DEFAULT,
     check_refine,
+    fast_step,
     guide_of,
     guided_filter,
     radius_px,
@@ -101,3 +102,16 @@ def test_serving_config_validates_and_round_trips():
         check_refine({"method": "guided", "sigma": 2})
     with pytest.raises(ValueError, match="must be > 0"):
         check_refine({"method": "guided", "radius": 0})
+
+
+def test_fast_filter_on_large_images_follows_the_exact_one():
+    img, truth, guess = _square_scene(size=256, lo=64, hi=160)
+    guide = guide_of(img)
+    exact = guided_filter(guide, guess[0], 8, 1e-3).clamp(0, 1)
+    fast = guided_filter(guide, guess[0], 8, 1e-3, step=4).clamp(0, 1)
+    assert (exact - fast).abs().mean() < 0.01
+    agree = ((exact > 0.5) == (fast > 0.5)).float().mean()
+    assert agree > 0.995
+    assert _dice(fast.numpy() > 0.5, truth) > _dice(guess[0].numpy() > 0.5, truth)
+    # the exact filter up to a 3 px radius (what a 256 px phantom through phantom-tiny gets)
+    assert [fast_step(r) for r in (1, 2, 3, 4, 8)] == [1, 1, 1, 2, 4]
