@@ -17,6 +17,28 @@ def tiny_data(tmp_path_factory):
     )
 
 
+@pytest.fixture
+def timm_model_yaml(tmp_path):
+    """A function writing a tiny timm-tower model YAML (resnet10t at 64 px, a 1-layer text
+    tower) with the given embedding pool and projection; returns its path."""
+    import yaml
+
+    def write(pool: str = "rot_attn", proj: str = "none", name: str = "m.yaml"):
+        path = tmp_path / name
+        text_cfg = {"context_length": 24, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
+        vision_cfg = {"timm_model_name": "resnet10t", "timm_pool": pool, "timm_proj": proj,
+                      "image_size": 64}  # fmt: skip
+        path.write_text(yaml.safe_dump({
+            "name": "tiny-timm",
+            "clip": {"config": {"embed_dim": 32, "vision_cfg": vision_cfg, "text_cfg": text_cfg}},
+            "image_size": 64, "pyramid_dim": 16, "decoder_dim": 16, "kernel_sizes": [3],
+            "num_heads": 2, "text_trainable": "frozen",
+        }))  # fmt: skip
+        return path
+
+    return write
+
+
 def pytest_report_header(config):
     """Which CPU kernels and how many threads: float results differ by reassociation across them
     (``make test-isa`` caps the ISA at AVX2)."""

@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from vlseg.align import AlignConfig, align, recall_at_k
@@ -14,45 +13,17 @@ from vlseg.cli import main as cli_main
 from vlseg.predictor import ovr_log_odds
 from vlseg.registry import build_model, model_config
 
-TEXT_CFG = {"context_length": 24, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
 
-
-def _model_yaml(path, pool, proj):
-    cfg = {
-        "name": "tiny-timm",
-        "clip": {
-            "config": {
-                "embed_dim": 32,
-                "vision_cfg": {
-                    "timm_model_name": "resnet10t",
-                    "timm_pool": pool,
-                    "timm_proj": proj,
-                    "image_size": 64,
-                },
-                "text_cfg": TEXT_CFG,
-            }
-        },
-        "image_size": 64,
-        "pyramid_dim": 16,
-        "decoder_dim": 16,
-        "kernel_sizes": [3],
-        "num_heads": 2,
-        "text_trainable": "frozen",
-    }
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def test_align_swaps_the_head_and_keeps_every_other_weight(tiny_data, tmp_path):
+def test_align_swaps_the_head_and_keeps_every_other_weight(tiny_data, tmp_path, timm_model_yaml):
     torch.manual_seed(0)
-    old_yaml = _model_yaml(tmp_path / "avg.yaml", "avg", "linear")
+    old_yaml = timm_model_yaml("avg", "linear", "avg.yaml")
     init = save_checkpoint(
         build_model(model_config(old_yaml)),
         model_config(old_yaml),
         tmp_path / "init",
         extra={"vocabulary": "kidney liver"},
     )
-    new_yaml = _model_yaml(tmp_path / "attn.yaml", "rot_attn", "none")
+    new_yaml = timm_model_yaml("rot_attn", "none", "attn.yaml")
     cfg = AlignConfig(
         data=str(tiny_data),
         out=str(tmp_path / "run"),

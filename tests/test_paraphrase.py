@@ -160,23 +160,9 @@ def test_multi_positive_loss_matches_clip_loss_without_extras():
     assert multi_positive_clip_loss(img, txt, scale, same, neg) > ref
 
 
-def test_align_with_paraphrases_trains_the_head_only(tiny_data, tmp_path):
-    import yaml
-
+def test_align_with_paraphrases_trains_the_head_only(tiny_data, tmp_path, timm_model_yaml):
     torch.manual_seed(0)
-    cfg_yaml = tmp_path / "m.yaml"
-    cfg_yaml.write_text(yaml.safe_dump({
-        "name": "tiny-timm",
-        "clip": {"config": {
-            "embed_dim": 32,
-            "vision_cfg": {"timm_model_name": "resnet10t", "timm_pool": "avg",
-                           "timm_proj": "linear", "image_size": 64},
-            "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 32, "heads": 2,
-                         "layers": 1},
-        }},
-        "image_size": 64, "pyramid_dim": 16, "decoder_dim": 16, "kernel_sizes": [3],
-        "num_heads": 2, "text_trainable": "frozen",
-    }))  # fmt: skip
+    cfg_yaml = timm_model_yaml("avg", "linear")
     mcfg = model_config(cfg_yaml)
     init = save_checkpoint(
         build_model(mcfg), mcfg, tmp_path / "init",

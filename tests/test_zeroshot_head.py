@@ -4,7 +4,6 @@ uses it, retrieval and segmentation stay bit-identical."""
 import numpy as np
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from vlseg.adapters import state_dict_sha256
@@ -14,27 +13,10 @@ from vlseg.predictor import Segmenter
 from vlseg.registry import build_model, model_config
 
 
-def _timm_yaml(tmp_path):
-    path = tmp_path / "m.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "tiny-timm",
-        "clip": {"config": {
-            "embed_dim": 32,
-            "vision_cfg": {"timm_model_name": "resnet10t", "timm_pool": "rot_attn",
-                           "timm_proj": "none", "image_size": 64},
-            "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 32, "heads": 2,
-                         "layers": 1},
-        }},
-        "image_size": 64, "pyramid_dim": 16, "decoder_dim": 16, "kernel_sizes": [3],
-        "num_heads": 2, "text_trainable": "frozen",
-    }))  # fmt: skip
-    return path
-
-
-def test_tower_embedding_is_open_clips(tmp_path):
+def test_tower_embedding_is_open_clips(timm_model_yaml):
     """The step-by-step timm path gives open_clip's own embedding, and the head's input."""
     torch.manual_seed(0)
-    model = build_model(model_config(_timm_yaml(tmp_path))).eval()
+    model = build_model(model_config(timm_model_yaml())).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         ours = model.vision(x)
@@ -43,9 +25,9 @@ def test_tower_embedding_is_open_clips(tmp_path):
         assert torch.equal(model.vision.visual.head(ours["head_input"]), ours["embedding"])
 
 
-def test_zeroshot_head_trains_alone_and_classify_uses_it(tiny_data, tmp_path):
+def test_zeroshot_head_trains_alone_and_classify_uses_it(tiny_data, tmp_path, timm_model_yaml):
     torch.manual_seed(0)
-    mcfg = model_config(_timm_yaml(tmp_path))
+    mcfg = model_config(timm_model_yaml())
     init = save_checkpoint(
         build_model(mcfg), mcfg, tmp_path / "init",
         extra={"vocabulary": "liver", "serving": {"threshold": 0.4}, "step": 7},
@@ -111,11 +93,11 @@ def test_zeroshot_target_validation(tiny_data, tmp_path):
         build_model(model_config("tiny-test")).add_zeroshot_head()
 
 
-def test_finetuning_the_tower_drops_the_zeroshot_head(tiny_data, tmp_path, capsys):
+def test_finetuning_the_tower_drops_the_zeroshot_head(tiny_data, tmp_path, capsys, timm_model_yaml):
     from vlseg.config import TrainConfig
     from vlseg.engine import train
 
-    mcfg = model_config(_timm_yaml(tmp_path))
+    mcfg = model_config(timm_model_yaml())
     model = build_model(mcfg)
     model.add_zeroshot_head()
     mcfg.zeroshot_head = True
