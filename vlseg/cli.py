@@ -163,6 +163,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     seg.referring = not args.no_referring
     if args.no_refine:
         seg.serving.refine = None
+    seg.strip_requests = not args.as_typed
     vis = seg.model.vision
     results = {}
     for split in args.split:
@@ -207,6 +208,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             vocabulary=seg.vocabulary,
             referring=seg.referring,
             ood=seg.ood,
+            strip_requests=seg.strip_requests,
         )
         r = results[split]
         if flags:
@@ -239,6 +241,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                 "model": str(args.model),
                 "data": str(args.data),
                 "referring": seg.referring,
+                "strip_requests": seg.strip_requests,
+                "refine": seg.serving.refine,
                 "results": results,
             },
         )
@@ -725,6 +729,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="score the decoder's upsampled masks without the edge-aware refinement "
         "(serving.refine) that Segmenter.segment applies",
+    )
+    p.add_argument(
+        "--as-typed",
+        action="store_true",
+        help="give the model each prompt as typed, request phrasing included ('can you "
+        "outline ...'), instead of the description inside it as Segmenter.segment does",
     )
     p.add_argument("--out", help="metrics JSON path")
     p.set_defaults(func=_cmd_eval)

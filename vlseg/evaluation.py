@@ -20,6 +20,7 @@ from .data.manifest import ManifestDataset, collate, load_record_target
 from .inference import decode, encode, postprocess
 from .metrics import SegmentationMeter, binary_auroc
 from .referring import parse_selector, plan_referring
+from .requests import strip_request
 from .serving import ServingConfig
 
 
@@ -45,6 +46,7 @@ def evaluate(
     vocabulary=None,
     referring: bool = True,
     ood=None,
+    strip_requests: bool = True,
 ) -> dict[str, float]:
     """Referring segmentation metrics over a dataset.
 
@@ -70,6 +72,9 @@ def evaluate(
             ``Segmenter.segment`` does (False: the model's direct answer to the text).
         ood: an out-of-domain fit (``Segmenter.ood``): images it flags are answered
             "out-of-domain" with an empty mask, as users get them (None: no check).
+        strip_requests: give the model the description inside a prompt typed as a request
+            (``vlseg.requests.strip_request``), as ``Segmenter.segment`` does (False: each
+            prompt as typed).
     """
     serving = serving or ServingConfig()
     device = device or next(model.parameters()).device
@@ -89,7 +94,8 @@ def evaluate(
         if original_resolution and serving.refine is not None:  # the guide, as users get it
             images = [_guide_image(ds, i) for i in batch["index"]]
         encoded = encode(model, pixels, sizes, batch["spacing"], images=images, ood=ood)
-        texts = list(batch["text"])
+        given = list(batch["text"])
+        texts = [strip_request(t) for t in given] if strip_requests else given
         selectors = [parse_selector(t) if referring else None for t in texts]
         plan = plan_referring(texts, range(len(texts)), selectors)
         answers = postprocess(
@@ -102,6 +108,7 @@ def evaluate(
         spacings = batch["spacing"] if original_resolution else [None] * len(texts)
         results = plan.resolve(answers, spacings)
         for j, res in enumerate(results):
+            res.text = given[j]
             if original_resolution:
                 # the mask at the file's resolution (its slice for a volume)
                 target = load_record_target(ds.record_for(batch["index"][j]), size=sizes[j])

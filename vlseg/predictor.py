@@ -37,6 +37,7 @@ from .inference import (
 from .modeling.vlseg import VLSegModel
 from .ood import OODDetector
 from .referring import Selector, parse_selector, plan_referring, resolve
+from .requests import strip_request
 from .serving import ServingConfig, serving_of
 from .vocabulary import parse
 from .volume import EncodedVolume, VolumeResult, encode_volume, segment_volume
@@ -120,9 +121,15 @@ class Segmenter:
     segmenting the target ("the hepatic lesions", and "the aorta") on the same encoded image
     and keeping one connected component (:mod:`vlseg.referring`); set ``referring = False`` to
     send every prompt to the model as it is.
+
+    A prompt typed as a request ("can you outline the spleen?", "I need a mask of the
+    backbone") reaches the model as the description inside it ("the spleen"; see
+    :mod:`vlseg.requests`); results keep the text as given. ``strip_requests = False`` sends
+    the whole text.
     """
 
     referring: bool = True
+    strip_requests: bool = True
 
     def __init__(
         self,
@@ -468,7 +475,8 @@ class Segmenter:
             A ``SegmentationResult`` (``VolumeResult`` for a volume) for one image and one
             text, a list for a list of texts, and a list of those for several images.
         """
-        texts, single_text = _check_texts(text)
+        given, single_text = _check_texts(text)
+        texts = [strip_request(t) for t in given] if self.strip_requests else given
         encoded, many = self._resolve(image, spacing=spacing)
         selectors = [parse_selector(t) if self.referring else None for t in texts]
         if isinstance(encoded, EncodedVolume):
@@ -479,16 +487,17 @@ class Segmenter:
                     else self._referred_volume(encoded, sel)
                     for t, sel in zip(texts, selectors, strict=True)
                 ]
+            out = _as_given(out, given)
             return out[0] if single_text else out
         if any(selectors):
             per_image = self._referred_images(encoded, texts, selectors, spacing)
-            out = [r[0] if single_text else r for r in per_image]
-            return out if many else out[0]
-        n = len(encoded)
-        rows = [i for i in range(n) for _ in texts]
-        decoded = self.decode(encoded, texts * n, rows)
-        res = self.postprocess(decoded, encoded, spacing=spacing)
-        per_image = [res[i * len(texts) : (i + 1) * len(texts)] for i in range(n)]
+        else:
+            n = len(encoded)
+            rows = [i for i in range(n) for _ in texts]
+            decoded = self.decode(encoded, texts * n, rows)
+            res = self.postprocess(decoded, encoded, spacing=spacing)
+            per_image = [res[i * len(texts) : (i + 1) * len(texts)] for i in range(n)]
+        per_image = [_as_given(r, given) for r in per_image]
         out = [r[0] if single_text else r for r in per_image]
         return out if many else out[0]
 
@@ -528,6 +537,13 @@ class Segmenter:
         spacings = [spacing or encoded.spacings[i] for i in range(n) for _ in texts]
         answers = plan.resolve(res, spacings)
         return [answers[i * k : (i + 1) * k] for i in range(n)]
+
+
+def _as_given(results: list, texts: list[str]) -> list:
+    """Results (one per text, in order) named by the texts as the caller gave them."""
+    for r, t in zip(results, texts, strict=True):
+        r.text = t
+    return results
 
 
 def is_volume(source, spacing=None) -> bool:

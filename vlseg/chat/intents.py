@@ -41,6 +41,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ..requests import LEAD as _LEAD
+from ..requests import SHOW_WHERE as _SHOW_WHERE
+from ..requests import TAIL as _TAIL
+from ..requests import strip_request
 from . import sentences
 
 INTENTS = (
@@ -105,33 +109,6 @@ LEXICON = frozenset(
 )
 
 # -- the grammar ------------------------------------------------------------------------------
-_LEAD = re.compile(
-    r"^(?:(?:please|kindly|ok(?:ay)?|now|so|then|hey|also|and|can you|could you|would you|"
-    r"will you|can u|could u|i want you to|i'd like you to|i would like you to|help me|"
-    r"i meant|i mean|i said|actually|rather|no|sorry|oops|wait|just|instead)\b[\s,]*)+",
-    re.IGNORECASE,
-)
-_VERB = re.compile(
-    r"^(?:(?:draw|put|make|create|give me)\s+(?:a|an|the)\s+(?:mask|outline|contour|box|"
-    r"circle|border|line)\s+(?:around|of|for|on)|segment|show(?:\s+me)?|find(?:\s+me)?|"
-    r"highlight|outline|mark|locate|delineate|mask|draw(?:\s+around)?|detect|display|"
-    r"point out|where(?:\s+(?:exactly|precisely|abouts))?(?:'s|\s+is|\s+are|\s+can i see)|"
-    r"is there|are there|identify|label|get(?:\s+me)?|annotate|circle|extract|pick out|"
-    r"i'?d (?:like|love) to see|i would (?:like|love) to see|i want to see|i need to see|"
-    r"i need|i want|i'?m looking for|i am looking for|look for|give me|let me see|can i see|"
-    r"(?:a|the)\s+(?:mask|outline|contour|boundary|segmentation|border)\s+(?:of|for)|"
-    r"segmentation of)\b\s*(?:any\s+|me\s+)?",
-    re.IGNORECASE,
-)
-_TAIL = re.compile(
-    r"(?:\s*\b(?:please|thanks|thank you|for me|too|as well|instead|again|located|"
-    r"(?:segmented|outlined|highlighted|marked|shown)|(?:in|on) (?:this|the) "
-    r"(?:image|scan|slice|picture|photo)|if (?:any|present|there is one)|is|are)\b|[\s.!?;:,])+$",
-    re.IGNORECASE,
-)
-_SHOW_WHERE = re.compile(
-    r"^(?:show|tell)(?:\s+me)?\s+where\s+(?P<x>.+?)\s+(?:is|are)(?:\s+located)?$", re.I
-)
 _SUPERLATIVE = r"(?:biggest|largest|smallest|tiniest|brightest|darkest|most\s+\w+|least\s+\w+)"
 # "what is the biggest lesion?", "which is the largest cyst"
 _WHICH_IS_SUP = re.compile(
@@ -835,15 +812,7 @@ def _drop_negated(text: str) -> tuple[str | None, str]:
 
 
 def _strip_command(text: str) -> str:
-    prev = None
-    text = text.strip()
-    while prev != text:  # "please can you segment ..." needs several passes
-        prev = text
-        text = _LEAD.sub("", text).strip()
-        text = _VERB.sub("", text).strip()
-        text = _TAIL.sub("", text).strip()
-        text = re.sub(r"^(?:and|then|also)\s+", "", text, flags=re.IGNORECASE).strip()
-    return text
+    return strip_request(text, keep=False)
 
 
 def _split_and(text: str) -> list[str]:

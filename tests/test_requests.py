@@ -1,0 +1,79 @@
+"""Prompts typed as requests reach the model as the description inside them."""
+
+import numpy as np
+import pytest
+import torch
+
+from vlseg.predictor import Segmenter
+from vlseg.registry import build_model, model_config
+from vlseg.requests import strip_request
+
+
+@pytest.mark.parametrize(
+    "typed, description",
+    [
+        ("I need a mask of the backbone", "the backbone"),
+        ("can you point out the hepatic nodule", "the hepatic nodule"),
+        (
+            "please contour the liver tumor within the left lobe",
+            "the liver tumor within the left lobe",
+        ),
+        ("where is the hepatic nodule?", "the hepatic nodule"),
+        ("Where are the kidneys located?", "the kidneys"),
+        ("show me where the spleen is", "the spleen"),
+        ("Could you please outline the left kidney for me?", "the left kidney"),
+        ("delineate the focal liver lesion in this image", "the focal liver lesion"),
+        ("segment the liver", "the liver"),
+        ("is there a lesion?", "a lesion"),
+        ("give me a mask of the aorta, thanks", "the aorta"),
+        ("highlight the pen marking please", "the pen marking"),
+    ],
+)
+def test_requests_become_descriptions(typed, description):
+    assert strip_request(typed) == description
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "the hepatic lesion",
+        "the largest hepatic lesion",
+        "the lesion nearest the aorta",
+        "the marker line",
+        "mass in the left lobe",
+        "both kidneys",
+    ],
+)
+def test_descriptions_are_left_alone(text):
+    assert strip_request(text) == text
+
+
+def test_a_bare_request_is_kept():
+    assert strip_request("segment") == "segment"
+    assert strip_request("segment", keep=False) == ""
+
+
+@pytest.fixture(scope="module")
+def seg():
+    torch.manual_seed(0)
+    cfg = model_config("tiny-test")
+    return Segmenter(build_model(cfg), image_size=cfg.image_size)
+
+
+def test_segment_answers_the_description_and_keeps_the_text(seg):
+    img = np.random.default_rng(0).integers(0, 255, (48, 40, 3), dtype=np.uint8)
+    plain = seg.segment(img, "the liver")
+    asked = seg.segment(img, "Could you outline the liver for me?")
+    assert asked.text == "Could you outline the liver for me?"
+    np.testing.assert_array_equal(asked.mask, plain.mask)
+    assert asked.score == pytest.approx(plain.score)
+    both = seg.segment(img, ["the liver", "can you show me the liver"])
+    assert [r.text for r in both] == ["the liver", "can you show me the liver"]
+    np.testing.assert_array_equal(both[0].probs, both[1].probs)
+    seg.strip_requests = False
+    try:
+        raw = seg.segment(img, "Could you outline the liver for me?")
+        assert raw.text == "Could you outline the liver for me?"
+        assert not np.array_equal(raw.probs, plain.probs)  # the whole sentence went in
+    finally:
+        seg.strip_requests = True
