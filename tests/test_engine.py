@@ -116,6 +116,7 @@ def test_cli_train_eval_predict(tiny_data, tmp_path, capsys):
     # the checkpoint records the words of its training prompts; predict names others
     vocab = yaml.safe_load((ckpt / "config.yaml").read_text())["vocabulary"].split()
     assert {"liver", "kidney"} <= set(vocab) and "the" not in vocab
+    assert "" in yaml.safe_load((ckpt / "config.yaml").read_text())["requests"]["leads"]
     args = ["predict", "--model", str(ckpt), "--image", str(img), "--out", str(tmp_path / "m2.png")]
     assert cli_main([*args, "--text", "the hepar"]) == 0
     assert "not trained on 'hepar'" in capsys.readouterr().err

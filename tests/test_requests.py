@@ -6,7 +6,7 @@ import torch
 
 from vlseg.predictor import Segmenter
 from vlseg.registry import build_model, model_config
-from vlseg.requests import strip_request
+from vlseg.requests import model_text, request_forms_of, split_request, strip_request
 
 
 @pytest.mark.parametrize(
@@ -77,3 +77,24 @@ def test_segment_answers_the_description_and_keeps_the_text(seg):
         assert not np.array_equal(raw.probs, plain.probs)  # the whole sentence went in
     finally:
         seg.strip_requests = True
+
+
+def test_trained_request_forms_reach_the_model_as_typed():
+    forms = request_forms_of(["segment the liver", "the spleen", "show me the aorta please"])
+    assert forms == {"leads": ["", "segment", "show me"], "tails": ["", "please"]}
+    assert split_request("Could you outline the liver, please?") == (
+        "could you outline",
+        "the liver",
+        "please",
+    )
+    assert model_text("Segment the kidneys", forms) == "Segment the kidneys"  # a known form
+    assert model_text("show me the spleen please", forms) == "show me the spleen please"
+    assert model_text("I need a mask of the spine", forms) == "the spine"  # an unseen form
+    assert model_text("segment the liver for me", forms) == "the liver"  # unseen tail
+    assert model_text("segment the liver", None) == "the liver"  # forms unknown
+    assert request_forms_of(["outline the liver"], forms)["leads"] == [
+        "",
+        "outline",
+        "segment",
+        "show me",
+    ]

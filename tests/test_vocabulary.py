@@ -65,6 +65,8 @@ def test_cli_records_a_vocabulary_that_load_uses(tiny_data, tmp_path, capsys):
     vocab = yaml.safe_load(cfg_path.read_text())["vocabulary"].split()
     assert "liver" in vocab and "hepar" not in vocab  # "the hepar" is a held-out wording
     assert "zz" in vocab  # words already recorded are kept
+    forms = yaml.safe_load(cfg_path.read_text())["requests"]  # and the prompts' request forms
+    assert "" in forms["leads"] and "" in forms["tails"] and vlseg.load(ckpt).requests == forms
     assert vlseg.load(ckpt).segment(_ct(), "the hepar").unfamiliar == ["hepar"]
     args = ["vocabulary", "--data", str(tiny_data), "--into", str(ckpt), "--replace"]
     assert cli_main(args) == 0
@@ -77,6 +79,9 @@ def test_shipped_default_records_its_training_vocabulary():
     seg = vlseg.load()
     assert {"liver", "spleen", "hyperdense", "melanoma"} <= seg.vocabulary
     assert not {"hepar", "lien"} & seg.vocabulary  # the held-out split's reserved words
+    # and the request forms of its training prompts, which reach it as typed
+    assert {"segment", "show me", ""} <= set(seg.requests["leads"])
+    assert "i need a mask of" not in seg.requests["leads"]
 
 
 def test_a_prompt_with_no_known_content_word_is_unsure_not_present():

@@ -209,6 +209,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             referring=seg.referring,
             ood=seg.ood,
             strip_requests=seg.strip_requests,
+            requests=seg.requests,
         )
         r = results[split]
         if flags:
@@ -581,6 +582,7 @@ def _cmd_vocabulary(args: argparse.Namespace) -> int:
 
     from vlseg.config import load_yaml, save_yaml
     from vlseg.data.manifest import read_manifest
+    from vlseg.requests import request_forms_of
     from vlseg.vocabulary import parse, vocabulary_of
 
     cfg_path = Path(args.into) / "config.yaml"
@@ -589,8 +591,9 @@ def _cmd_vocabulary(args: argparse.Namespace) -> int:
     records = read_manifest(args.data, args.split)
     meta = load_yaml(cfg_path)
     known = None if args.replace else meta.get("vocabulary")
-    prompts = (t for r in records for t in r.prompts)
+    prompts = [t for r in records for t in r.prompts]
     meta["vocabulary"] = vocabulary_of(prompts, known=known)
+    meta["requests"] = request_forms_of(prompts, None if args.replace else meta.get("requests"))
     save_yaml(meta, cfg_path)  # atomic: temp file, then rename
     n, kept = len(meta["vocabulary"].split()), len(parse(known) or ())
     print(f"{cfg_path}: {n} words ({kept} kept) from {len(records)} {args.split} records")

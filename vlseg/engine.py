@@ -26,6 +26,7 @@ from .data.manifest import ManifestDataset
 from .evaluation import evaluate
 from .losses import clip_loss, mask_loss
 from .registry import build_model, model_config
+from .requests import request_forms_of
 from .serving import ServingConfig, serving_of
 from .training import (
     Checkpointer,
@@ -138,7 +139,7 @@ def train(cfg: TrainConfig) -> Path:
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         save_yaml(to_dict(cfg), out / "train_config.yaml")
-    init_vocabulary = None
+    init_vocabulary = init_requests = None
     # How the result is served (threshold, window, labels): a fine-tune keeps its init's
     # settings (its calibration and out-of-domain fit no longer hold, so they are dropped:
     # rerun vlseg calibrate); a new model starts from the defaults.
@@ -146,6 +147,7 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.init:
         model, mcfg, init_meta = load_checkpoint(cfg.init, overrides=cfg.model_overrides)
         init_vocabulary = init_meta.get("vocabulary")
+        init_requests = init_meta.get("requests")
         serving = replace(serving_of(init_meta), calibration=None, ood_threshold=None)
         if model.zeroshot_head is not None and _tower_trains(model, cfg):
             # the zero-shot head reads the image tower's features, which this run moves
@@ -167,15 +169,20 @@ def train(cfg: TrainConfig) -> Path:
     ds, val_ds = make_datasets(cfg, model, mcfg.image_size)
     # The words the model learns to ground (vlseg.vocabulary), kept with every checkpoint; a
     # fine-tune of a checkpoint that records none knows more words than its data shows: unknown.
-    vocabulary = None
+    # The same for request forms ("segment ...", "show me ..."; vlseg.requests).
+    vocabulary = requests = None
     if not cfg.init or init_vocabulary is not None:
-        prompts = (t for r in ds.records for t in r.prompts)
+        prompts = [t for r in ds.records for t in r.prompts]
         vocabulary = vocabulary_of(prompts, known=init_vocabulary)
+    if not cfg.init or init_requests is not None:
+        requests = request_forms_of((t for r in ds.records for t in r.prompts), init_requests)
 
     def save(path: Path, extra: dict) -> None:
         extra = {**extra, "serving": serving.to_dict()}
         if vocabulary is not None:
             extra = {**extra, "vocabulary": vocabulary}
+        if requests is not None:
+            extra = {**extra, "requests": requests}
         save_checkpoint(model, mcfg, path, extra=extra)
 
     def restore(path: Path) -> None:

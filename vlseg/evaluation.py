@@ -20,7 +20,7 @@ from .data.manifest import ManifestDataset, collate, load_record_target
 from .inference import decode, encode, postprocess
 from .metrics import SegmentationMeter, binary_auroc
 from .referring import parse_selector, plan_referring
-from .requests import strip_request
+from .requests import model_text
 from .serving import ServingConfig
 
 
@@ -47,6 +47,7 @@ def evaluate(
     referring: bool = True,
     ood=None,
     strip_requests: bool = True,
+    requests: dict | None = None,
 ) -> dict[str, float]:
     """Referring segmentation metrics over a dataset.
 
@@ -73,8 +74,10 @@ def evaluate(
         ood: an out-of-domain fit (``Segmenter.ood``): images it flags are answered
             "out-of-domain" with an empty mask, as users get them (None: no check).
         strip_requests: give the model the description inside a prompt typed as a request
-            (``vlseg.requests.strip_request``), as ``Segmenter.segment`` does (False: each
-            prompt as typed).
+            in a form it was not trained with (``vlseg.requests.model_text``), as
+            ``Segmenter.segment`` does (False: each prompt as typed).
+        requests: the model's training request forms (``Segmenter.requests``; None: unknown,
+            every request is reduced to its description).
     """
     serving = serving or ServingConfig()
     device = device or next(model.parameters()).device
@@ -95,7 +98,7 @@ def evaluate(
             images = [_guide_image(ds, i) for i in batch["index"]]
         encoded = encode(model, pixels, sizes, batch["spacing"], images=images, ood=ood)
         given = list(batch["text"])
-        texts = [strip_request(t) for t in given] if strip_requests else given
+        texts = [model_text(t, requests) for t in given] if strip_requests else given
         selectors = [parse_selector(t) if referring else None for t in texts]
         plan = plan_referring(texts, range(len(texts)), selectors)
         answers = postprocess(

@@ -37,7 +37,7 @@ from .inference import (
 from .modeling.vlseg import VLSegModel
 from .ood import OODDetector
 from .referring import Selector, parse_selector, plan_referring, resolve
-from .requests import strip_request
+from .requests import model_text
 from .serving import ServingConfig, serving_of
 from .vocabulary import parse
 from .volume import EncodedVolume, VolumeResult, encode_volume, segment_volume
@@ -124,8 +124,9 @@ class Segmenter:
 
     A prompt typed as a request ("can you outline the spleen?", "I need a mask of the
     backbone") reaches the model as the description inside it ("the spleen"; see
-    :mod:`vlseg.requests`); results keep the text as given. ``strip_requests = False`` sends
-    the whole text.
+    :mod:`vlseg.requests`), unless its request form is one the model was trained with
+    (``requests``, recorded in the checkpoint); results keep the text as given.
+    ``strip_requests = False`` sends the whole text.
     """
 
     referring: bool = True
@@ -144,8 +145,10 @@ class Segmenter:
         vocabulary: Iterable[str] | None = None,
         ood: OODDetector | None = None,
         text_dtype: str | torch.dtype | None = None,
+        requests: dict | None = None,
     ):
         self.ood = ood
+        self.requests = requests
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
         # The conversion is in place: a later Segmenter on the same model object with the
@@ -476,7 +479,7 @@ class Segmenter:
             text, a list for a list of texts, and a list of those for several images.
         """
         given, single_text = _check_texts(text)
-        texts = [strip_request(t) for t in given] if self.strip_requests else given
+        texts = [model_text(t, self.requests) for t in given] if self.strip_requests else given
         encoded, many = self._resolve(image, spacing=spacing)
         selectors = [parse_selector(t) if self.referring else None for t in texts]
         if isinstance(encoded, EncodedVolume):
@@ -628,6 +631,7 @@ def load(
         vocabulary=vocabulary,
         ood=ood,
         text_dtype=text_dtype,
+        requests=meta.get("requests"),
     )
     seg.source = {"model": _where(name_or_path), "adapter": _where(adapter)}
     return seg

@@ -6,14 +6,27 @@ command forms can fail on a request phrasing it never saw even when it knows the
 described: on the held-out phrasings of the phantoms, "I need a mask of the backbone" scored
 Dice 0 where "the backbone" scored 0.97. :func:`strip_request` removes the request around the
 description; the chat reads messages with the same grammar (``vlseg.chat.intents``), and
-``Segmenter.segment`` and ``vlseg eval`` give the model what it returns.
+``Segmenter.segment`` and ``vlseg eval`` give the model what it returns, except for the request
+forms the model was trained with (:func:`request_forms_of`, recorded in a checkpoint as
+``requests`` beside its ``vocabulary``): "segment the liver" reaches a model trained on
+"segment ..." prompts as typed.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
-__all__ = ["LEAD", "SHOW_WHERE", "TAIL", "VERB", "strip_request"]
+__all__ = [
+    "LEAD",
+    "SHOW_WHERE",
+    "TAIL",
+    "VERB",
+    "model_text",
+    "request_forms_of",
+    "split_request",
+    "strip_request",
+]
 
 LEAD = re.compile(
     r"^(?:(?:please|kindly|ok(?:ay)?|now|so|then|hey|also|and|can you|could you|would you|"
@@ -66,3 +79,41 @@ def strip_request(text: str, *, keep: bool = True) -> str:
         out = TAIL.sub("", out).strip()
         out = re.sub(r"^(?:and|then|also)\s+", "", out, flags=re.IGNORECASE).strip()
     return out or (text.strip() if keep else "")
+
+
+def _norm(part: str) -> str:
+    return " ".join(part.lower().strip(" ,.!?;:").split())
+
+
+def split_request(text: str) -> tuple[str, str, str]:
+    """``(lead, description, tail)`` of a prompt, lead and tail lower-cased with single
+    spaces ("Could you outline the liver, please?" -> ("could you outline", "the liver",
+    "please")); a plain description has an empty lead and tail."""
+    text = text.strip()
+    desc = strip_request(text)
+    at = text.lower().find(desc.lower())
+    if at < 0:  # "show me where X is": the description sat inside the request
+        return _norm(text), desc, ""
+    return _norm(text[:at]), desc, _norm(text[at + len(desc) :])
+
+
+def request_forms_of(prompts: Iterable[str], known: dict | None = None) -> dict[str, list[str]]:
+    """The request forms of training prompts (and of ``known`` recorded forms they extend):
+    ``{"leads": [...], "tails": [...]}``, sorted, "" for a prompt without one."""
+    leads = set((known or {}).get("leads", ()))
+    tails = set((known or {}).get("tails", ()))
+    for p in prompts:
+        lead, _, tail = split_request(p)
+        leads.add(lead)
+        tails.add(tail)
+    return {"leads": sorted(leads), "tails": sorted(tails)}
+
+
+def model_text(text: str, forms: dict | None) -> str:
+    """What the model is given for ``text``: the text as typed when its request form (lead
+    and tail) is one the model was trained with (``forms``), else the description inside it.
+    ``forms`` None (a model that records none): always the description."""
+    lead, desc, tail = split_request(text)
+    if forms is not None and lead in forms.get("leads", ()) and tail in forms.get("tails", ()):
+        return text.strip()
+    return desc
