@@ -45,6 +45,8 @@ def breakdown(seg, data: str, split: str, limit: int | None = None) -> dict:
         progress=True,
         on_item=collect,
         hd95=False,
+        strip_requests=seg.strip_requests,
+        requests=seg.requests,
     )
     summary = {k: {"n": len(v), "dice": float(np.mean(v))} for k, v in sorted(by_target.items())}
     texts = {k: {"n": len(v), "dice": float(np.mean(v))} for k, v in sorted(by_text.items())}

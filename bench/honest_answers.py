@@ -35,7 +35,16 @@ def presence_report(seg, ds, limit):
     def keep(rec, res, target, positive):
         rows.append((res.presence_logit, res.score, res.verdict, positive))
 
-    evaluate(seg.model, ds, serving=seg.serving, device=seg.device, limit=limit, on_item=keep)
+    evaluate(
+        seg.model,
+        ds,
+        serving=seg.serving,
+        device=seg.device,
+        limit=limit,
+        on_item=keep,
+        strip_requests=seg.strip_requests,
+        requests=seg.requests,
+    )
     z = np.array([r[0] for r in rows])
     p = np.array([r[1] for r in rows])
     verdict = np.array([r[2] for r in rows])

@@ -59,6 +59,8 @@ def by_modality(seg, data: Path, split: str, limit: int | None) -> dict:
         hd95=False,
         vocabulary=seg.vocabulary,
         ood=seg.ood,
+        strip_requests=seg.strip_requests,
+        requests=seg.requests,
     )
 
     def mean(v):

@@ -46,7 +46,7 @@ def evaluate(
     vocabulary=None,
     referring: bool = True,
     ood=None,
-    strip_requests: bool = True,
+    strip_requests: bool = False,
     requests: dict | None = None,
 ) -> dict[str, float]:
     """Referring segmentation metrics over a dataset.
@@ -75,7 +75,8 @@ def evaluate(
             "out-of-domain" with an empty mask, as users get them (None: no check).
         strip_requests: give the model the description inside a prompt typed as a request
             in a form it was not trained with (``vlseg.requests.model_text``), as
-            ``Segmenter.segment`` does (False: each prompt as typed).
+            ``Segmenter.segment`` does (pass ``seg.strip_requests`` and ``seg.requests``);
+            False (the default, e.g. for training-time validation): each prompt as typed.
         requests: the model's training request forms (``Segmenter.requests``; None: unknown,
             every request is reduced to its description).
     """
