@@ -148,6 +148,8 @@ def test_evaluate_scores_what_segment_answers(tiny_data):
         limit=6,
         serving=seg.serving,
         on_item=lambda rec, res, target, positive: seen.append((rec, res)),
+        strip_requests=seg.strip_requests,
+        requests=seg.requests,
     )
     assert len(seen) == 6
     for rec, res in seen:

@@ -438,10 +438,14 @@ class Segmenter:
     @torch.no_grad()
     def decode(self, encoded: EncodedImage, texts: Sequence[str], image_index=None) -> Decoded:
         """Raw outputs for prompts on encoded images (no image-encoder run); see
-        :func:`vlseg.inference.decode`."""
+        :func:`vlseg.inference.decode`. A prompt typed as a request in a form the model was
+        not trained with is given to it as its description (``strip_requests``)."""
         texts, _ = _check_texts(list(texts))
+        asked = [model_text(t, self.requests) for t in texts] if self.strip_requests else texts
         with self._serialised():
-            return decode(self.model, encoded, texts, image_index, text_cache=self.text_cache)
+            out = decode(self.model, encoded, asked, image_index, text_cache=self.text_cache)
+        out.texts = texts  # answers are named by the prompts as given
+        return out
 
     def postprocess(
         self, decoded: Decoded, encoded: EncodedImage, *, spacing=None

@@ -150,8 +150,9 @@ def few_shot_records(
 
 
 def _base_model(cfg: TuneConfig, out: Path, rank: int, world: int):
-    """The base model, and how adapter.yaml names it. A base without weights (a bare config,
-    random init) is saved to ``out/base`` first, so the adapter has a base to load on."""
+    """The base model, how adapter.yaml names it, and its recorded request forms (what
+    ``vlseg.load`` serves it with). A base without weights (a bare config, random init) is saved
+    to ``out/base`` first, so the adapter has a base to load on."""
     model, mcfg, meta = resolve(cfg.model, allow_untrained=True)
     ref = str(Path(cfg.model).resolve()) if Path(cfg.model).exists() else str(cfg.model)
     if meta.get("random_init"):
@@ -163,9 +164,9 @@ def _base_model(cfg: TuneConfig, out: Path, rank: int, world: int):
             )
         if world > 1:
             dist.barrier()
-        model, mcfg, _ = load_checkpoint(out / "base")
+        model, mcfg, meta = load_checkpoint(out / "base")
         ref = str((out / "base").resolve())
-    return model, mcfg, ref
+    return model, mcfg, ref, meta.get("requests")
 
 
 def _param_groups(model, names: list[str], cfg: TuneConfig) -> list[dict]:
@@ -188,7 +189,7 @@ def tune(cfg: TuneConfig) -> Path:
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         save_yaml(to_dict(cfg), out / "tune_config.yaml")
-    model, mcfg, base_ref = _base_model(cfg, out, rank, world)
+    model, mcfg, base_ref, requests = _base_model(cfg, out, rank, world)
     base = {"model": base_ref, "name": mcfg.name, "sha256": state_dict_sha256(model)}
     spec = cfg.learner_spec()
     last = out / "last" / ADAPTER_CONFIG
@@ -242,7 +243,15 @@ def tune(cfg: TuneConfig) -> Path:
             std=model.vision.std,
             prompt="all",
         )
-        res = evaluate(model, test, batch_size=cfg.batch_size, device=device, limit=cfg.eval_limit)
+        res = evaluate(
+            model,
+            test,
+            batch_size=cfg.batch_size,
+            device=device,
+            limit=cfg.eval_limit,
+            strip_requests=True,  # as vlseg eval and Segmenter.segment give them
+            requests=requests,
+        )
         report = {
             "method": cfg.method,
             "split": cfg.eval_split,
