@@ -19,7 +19,7 @@ import torch  # noqa: E402
 import vlseg  # noqa: E402
 from vlseg.atomic import write_json  # noqa: E402
 from vlseg.data.manifest import ManifestDataset  # noqa: E402
-from vlseg.evaluation import evaluate  # noqa: E402
+from vlseg.evaluation import evaluate_served  # noqa: E402
 from vlseg.metrics import dice  # noqa: E402
 
 
@@ -36,17 +36,13 @@ def breakdown(seg, data: str, split: str, limit: int | None = None) -> dict:
             by_target[rec.target or "?"].append(d)
             by_text[res.text].append(d)
 
-    evaluate(
-        seg.model,
+    evaluate_served(
+        seg,
         ds,
-        serving=seg.serving,
-        device=seg.device,
         limit=limit,
         progress=True,
         on_item=collect,
         hd95=False,
-        strip_requests=seg.strip_requests,
-        requests=seg.requests,
     )
     summary = {k: {"n": len(v), "dice": float(np.mean(v))} for k, v in sorted(by_target.items())}
     texts = {k: {"n": len(v), "dice": float(np.mean(v))} for k, v in sorted(by_text.items())}

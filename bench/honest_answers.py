@@ -25,7 +25,7 @@ from vlseg.atomic import write_json  # noqa: E402
 from vlseg.calibration import expected_calibration_error, reliability_diagram  # noqa: E402
 from vlseg.data.manifest import ManifestDataset  # noqa: E402
 from vlseg.data.ood_images import ood_images  # noqa: E402
-from vlseg.evaluation import evaluate  # noqa: E402
+from vlseg.evaluation import evaluate_served  # noqa: E402
 
 
 def presence_report(seg, ds, limit):
@@ -35,15 +35,11 @@ def presence_report(seg, ds, limit):
     def keep(rec, res, target, positive):
         rows.append((res.presence_logit, res.score, res.verdict, positive))
 
-    evaluate(
-        seg.model,
+    evaluate_served(
+        seg,
         ds,
-        serving=seg.serving,
-        device=seg.device,
         limit=limit,
         on_item=keep,
-        strip_requests=seg.strip_requests,
-        requests=seg.requests,
     )
     z = np.array([r[0] for r in rows])
     p = np.array([r[1] for r in rows])

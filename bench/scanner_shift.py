@@ -29,7 +29,7 @@ from zeroshot_wording import cpu_name  # noqa: E402
 import vlseg  # noqa: E402
 from vlseg.atomic import write_json  # noqa: E402
 from vlseg.data.manifest import ManifestDataset  # noqa: E402
-from vlseg.evaluation import evaluate  # noqa: E402
+from vlseg.evaluation import evaluate_served  # noqa: E402
 from vlseg.metrics import dice  # noqa: E402
 
 
@@ -48,19 +48,15 @@ def by_modality(seg, data: Path, split: str, limit: int | None) -> dict:
         else:
             r["present_neg"].append(res.present)
 
-    evaluate(
-        seg.model,
+    evaluate_served(
+        seg,
         ds,
-        serving=seg.serving,
-        device=seg.device,
         limit=limit,
         progress=True,
         on_item=collect,
         hd95=False,
         vocabulary=seg.vocabulary,
         ood=seg.ood,
-        strip_requests=seg.strip_requests,
-        requests=seg.requests,
     )
 
     def mean(v):

@@ -155,7 +155,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     from vlseg.data.io import write_json
     from vlseg.data.manifest import ManifestDataset, read_manifest
-    from vlseg.evaluation import evaluate, evaluate_volumes, is_volume_record
+    from vlseg.evaluation import evaluate_served, evaluate_volumes, is_volume_record
     from vlseg.predictor import load
     from vlseg.vocabulary import unfamiliar
 
@@ -196,20 +196,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             if res.unfamiliar:  # named the unfamiliar word and did not claim "present"
                 flags.append(res.verdict != "present")
 
-        results[split] = evaluate(
-            seg.model,
+        results[split] = evaluate_served(
+            seg,
             ds,
             batch_size=args.batch_size,
             limit=args.limit,
-            device=seg.device,
-            serving=seg.serving,
             progress=True,
             on_item=flag,
             vocabulary=seg.vocabulary,
             referring=seg.referring,
             ood=seg.ood,
-            strip_requests=seg.strip_requests,
-            requests=seg.requests,
         )
         r = results[split]
         if flags:

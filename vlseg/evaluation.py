@@ -151,6 +151,16 @@ def is_volume_record(record) -> bool:
 
 
 @torch.no_grad()
+def evaluate_served(seg, ds: ManifestDataset, **kwargs) -> dict[str, float]:
+    """:func:`evaluate` with a ``Segmenter``'s model, device, serving settings and handling
+    of request phrasing (``strip_requests``, ``requests``); other keywords as there."""
+    kwargs.setdefault("serving", seg.serving)
+    kwargs.setdefault("device", seg.device)
+    kwargs.setdefault("strip_requests", seg.strip_requests)
+    kwargs.setdefault("requests", seg.requests)
+    return evaluate(seg.model, ds, **kwargs)
+
+
 def evaluate_volumes(
     seg,
     records,

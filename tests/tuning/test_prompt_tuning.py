@@ -17,7 +17,8 @@ from vlseg.checkpoint import load_checkpoint, save_checkpoint
 from vlseg.cli import main as cli_main
 from vlseg.config import ModelConfig, from_dict
 from vlseg.data.manifest import ManifestDataset
-from vlseg.engine import evaluate, fit, make_datasets
+from vlseg.engine import fit, make_datasets
+from vlseg.evaluation import evaluate_served
 from vlseg.registry import build_model, model_config
 from vlseg.tuning import TuneConfig, few_shot_records, tune
 
@@ -242,14 +243,7 @@ def test_tune_save_reload_reproduces_eval(method, base_ckpt, tiny_data, tmp_path
     base_model, _, _ = load_checkpoint(base_ckpt)
     base, adapted = _base_state(base_model), _base_state(seg.model)
     assert all(torch.equal(base[k], adapted[k]) for k in base)
-    res = evaluate(
-        seg.model,
-        _test_set(seg, tiny_data),
-        batch_size=4,
-        limit=8,
-        strip_requests=seg.strip_requests,
-        requests=seg.requests,
-    )
+    res = evaluate_served(seg, _test_set(seg, tiny_data), batch_size=4, limit=8)
     np.testing.assert_equal(res, report["results"])
 
 
@@ -265,14 +259,7 @@ def test_train_decoder_adapter_holds_the_decoder_and_resumes(base_ckpt, tiny_dat
     base, adapted = _base_state(base_model), _base_state(seg.model)
     assert all(torch.equal(base[k], adapted[k]) for k in base if k.startswith(towers))
     assert not all(torch.equal(base[k], adapted[k]) for k in base if k.startswith("decoder."))
-    res = evaluate(
-        seg.model,
-        _test_set(seg, tiny_data),
-        batch_size=4,
-        limit=8,
-        strip_requests=seg.strip_requests,
-        requests=seg.requests,
-    )
+    res = evaluate_served(seg, _test_set(seg, tiny_data), batch_size=4, limit=8)
     np.testing.assert_equal(res, json.loads((out / "eval.json").read_text())["results"])
     # a second call with a larger budget continues from last/
     cfg.max_steps, cfg.epochs = 4, 2
@@ -365,14 +352,7 @@ def test_cnn_vision_tower(method, cnn_cfg, tiny_data, tmp_path):
         assert prompt.abs()[..., 4:-4, 4:-4].max() == 0 and prompt.abs().max() > 0
     if method == "lora":
         assert any("conv2.lora_A" in k for k in seg.model.state_dict())
-    res = evaluate(
-        seg.model,
-        _test_set(seg, tiny_data),
-        batch_size=4,
-        limit=8,
-        strip_requests=seg.strip_requests,
-        requests=seg.requests,
-    )
+    res = evaluate_served(seg, _test_set(seg, tiny_data), batch_size=4, limit=8)
     np.testing.assert_equal(res, json.loads((out / "eval.json").read_text())["results"])
     with pytest.raises(ValueError, match="token prompts need"):
         seg.model.vision(torch.zeros(1, 3, 64, 64), torch.zeros(1, 2, 8))
@@ -407,14 +387,7 @@ def test_phantom_tiny_architecture_hf_text_tower(tiny_data, tmp_path):
         report = json.loads((out / "eval.json").read_text())
         assert report["adapter_bytes"] < 64 * 1024
         seg = vlseg.load(str(base), adapter=out / "best")
-        res = evaluate(
-            seg.model,
-            _test_set(seg, tiny_data),
-            batch_size=4,
-            limit=8,
-            strip_requests=seg.strip_requests,
-            requests=seg.requests,
-        )
+        res = evaluate_served(seg, _test_set(seg, tiny_data), batch_size=4, limit=8)
         np.testing.assert_equal(res, report["results"])
 
 
