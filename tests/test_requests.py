@@ -69,7 +69,8 @@ def test_segment_answers_the_description_and_keeps_the_text(seg):
     assert asked.score == pytest.approx(plain.score)
     both = seg.segment(img, ["the liver", "can you show me the liver"])
     assert [r.text for r in both] == ["the liver", "can you show me the liver"]
-    np.testing.assert_array_equal(both[0].probs, both[1].probs)
+    # the same prompt twice in one batch (rows may round differently on some CPUs)
+    np.testing.assert_allclose(both[0].probs, both[1].probs, atol=1e-5)
     seg.strip_requests = False
     try:
         raw = seg.segment(img, "Could you outline the liver for me?")
