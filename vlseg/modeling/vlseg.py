@@ -123,8 +123,9 @@ class VLSegModel(nn.Module):
         A copy of the vision tower's own head (same architecture, same weights until trained,
         e.g. by ``vlseg align target=zeroshot_head``), computed on the same input in every
         image encoding. Its weights are frozen here (they train only in ``vlseg align``) and
-        saved under ``zeroshot_head.``; retrieval, prompt learners and the contrastive term
-        keep using the tower's head. Only towers with a separate embedding head (timm) have one.
+        saved under ``zeroshot_head.`` (in ``zeroshot.safetensors``); retrieval, prompt
+        learners and the contrastive term keep using the tower's head. Only towers with a
+        separate embedding head (timm) have one.
         """
         import copy
 
