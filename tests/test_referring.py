@@ -457,6 +457,14 @@ def test_volume_support_of_the_singular_phrasing():
     # no support at all: the plural answer as it is
     none = volume_result(np.zeros(VSHAPE, dtype=bool), verdict="absent")
     np.testing.assert_array_equal(resolve(plural, sel, support=none).mask, z)
+    # a singular answer the model is unsure of supports nothing: the largest instance stays
+    # (it used to be dropped for lacking support, and "the largest" named the smallest)
+    unsure = volume_result(w, text="the lesion", verdict="unsure")
+    unsure.probs[:] = np.where(z, 0.6, 0.1)
+    largest = parse_selector("the largest lesion")
+    expect = resolve(plural, largest).mask
+    assert expect.sum() > z.sum()
+    np.testing.assert_array_equal(resolve(plural, largest, support=unsure).mask, expect)
 
 
 def test_volume_note_and_single_slice_specks():

@@ -756,7 +756,8 @@ def resolve(
             no organ filter.
         support: the answer for ``selector.singular``, or None. Then a component of
             ``result`` counts only where ``support`` gives it a mean probability of at least
-            0.5, and the components of ``support``'s own mask count too. ``Segmenter`` asks
+            0.5, and the components of ``support``'s own mask count too; a ``support``
+            answer that is not "present" is not used. ``Segmenter`` asks
             it in volumes: each slice is decoded alone and most slices cut one lesion, where
             the plural prompt makes the model add a second, false one (on 3-D phantoms,
             "second from the top" Dice 0.34 -> 0.83 over 12 volumes), while the singular
@@ -811,7 +812,9 @@ def resolve(
                 f"chosen by its distance to it",
             )
         ref_mask = _display(reference.mask, vol)
-    if support is not None:
+    if support is not None and support.verdict == "present":
+        # a singular phrasing the model is not sure of (e.g. the bare "the lesion") supports
+        # nothing: filtering by it would drop real instances
         mask, probs = _supported(mask, probs, support, vol)
     within_mask = _display(within.mask, vol) if _present(within) else None
     labels, n = _components(mask)
