@@ -229,7 +229,7 @@ def _view(out: TurnOutput, session: ChatSession | None = None):
         sent = session.sent_files if isinstance(session, ChatSession) else None
         value = view_value(out.base, out.annotations, out.colors, sent)
         view = ViewImage(value=value, color_map=out.colors, format="png")
-    return view, (out.files or None)
+    return view, (gr.skip() if out.keep_files else (out.files or None))
 
 
 def slice_slider(session: ChatSession | None):

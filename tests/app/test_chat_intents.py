@@ -86,15 +86,62 @@ def test_too_many_targets_are_capped_with_a_note():
     "text, rest, spacing",
     [
         ("segment the liver (spacing 0.8 mm)", "segment the liver", (0.8, 0.8)),
-        ("the liver, pixel spacing 0.7 x 0.8 mm", "the liver,", (0.7, 0.8)),
+        ("the liver, pixel spacing 0.7 x 0.8 mm", "the liver", (0.7, 0.8)),
         ("the liver 1.2 mm/px", "the liver", (1.2, 1.2)),
+        ("pixel size is 0.7mm, how big is the spleen", "how big is the spleen", (0.7, 0.7)),
         ("the liver spacing=0", "the liver", None),
+        ("spacing 80 mm how big is the liver", "how big is the liver", None),
         ("the liver", "the liver", None),
     ],
 )
 def test_spacing(text, rest, spacing):
     assert extract_spacing(text) == (rest, spacing)
     assert parse_message(text).spacing == spacing
+
+
+@pytest.mark.parametrize("text", ["the liver spacing=0", "spacing 80 mm how big is the liver"])
+def test_an_implausible_spacing_is_refused_with_a_note(text):
+    note = parse_message(text).note
+    assert "did not use the pixel spacing" in note and "mm" in note
+
+
+@pytest.mark.parametrize(
+    "text, target, measure, unit",
+    [
+        ("what is the size of the liver in cm?", "the liver", "size", "cm"),
+        ("how big is the liver in mm?", "the liver", "size", "mm"),
+        ("what's the liver area in cm2?", "liver", "area", "cm"),
+        ("how big is the spleen in cm²?", "the spleen", "size", "cm"),
+        ("what is the volume of the liver in mL?", "the liver", "volume", "ml"),
+        ("pixel size is 0.7mm, what's the area of the spleen in cm2?", "the spleen", "area", "cm"),
+        ("how many slices have lesions", "lesions", "slices", ""),
+        ("which slices show the liver?", "the liver", "slices", ""),
+        ("on which slices is the spleen visible?", "the spleen", "slices", ""),
+    ],
+)
+def test_units_and_slice_questions_are_not_targets(text, target, measure, unit):
+    intent = parse_message(text)
+    assert intent.kind == "measure"
+    assert intent.targets == (target,) and intent.measure == measure and intent.unit == unit
+
+
+@pytest.mark.parametrize(
+    "text", ["undo", "remove that", "hide the liver", "clear the mask", "remove the spleen outline"]
+)
+def test_editing_the_drawing_is_neither_a_target_nor_a_reset(text):
+    intent = parse_message(text)
+    assert intent.kind == "unknown" and "start over" in intent.note
+
+
+@pytest.mark.parametrize("text", ["remove the image", "start over", "clear all"])
+def test_forgetting_the_image_is_still_a_reset(text):
+    assert parse_message(text).kind == "reset"
+
+
+@pytest.mark.parametrize("text, k", [("show slice 8", 8), ("go to slice 12", 12), ("slice 3", 3)])
+def test_go_to_a_slice(text, k):
+    intent = parse_message(text)
+    assert intent.kind == "slice" and intent.k == k
 
 
 def test_split_targets_doc_example():

@@ -317,3 +317,26 @@ def test_what_is_this_without_default_labels_asks_for_labels(tiny_seg, phantom_p
     service.respond(session, "", [str(phantom_pngs["derm"])])
     out = service.respond(session, "what is this?")
     assert "no default labels" in out.reply and "Name at least two" in out.reply
+
+
+def test_a_stated_spacing_measures_the_last_answer_again(service, phantom_pngs):
+    session = ChatSession()
+    service.respond(session, "the liver", [str(phantom_pngs["ct"])])
+    px = session.results[0].area_px
+    assert session.results[0].area_mm2 is None  # a PNG: no spacing
+    out = service.respond(session, "spacing 0.5 mm, how big is the liver in cm?")
+    assert "0.5 × 0.5 mm" in out.reply
+    assert session.results[0].area_mm2 == pytest.approx(px * 0.25)
+    assert service.segmenter.encoder_calls == 1
+    if session.results[0].present:
+        assert f"{px * 0.25 / 100:,.2f} cm²" in out.reply
+
+
+def test_editing_the_drawing_keeps_the_image(service, phantom_pngs):
+    session = ChatSession()
+    service.respond(session, "the liver", [str(phantom_pngs["ct"])])
+    for text in ["undo", "remove that", "hide the liver"]:
+        out = service.respond(session, text)
+        assert "start over" in out.reply and session.has_image
+    assert "not one of them" not in service.respond(session, "go to slice 3").reply
+    assert "single 2-D image" in service.respond(session, "go to slice 3").reply

@@ -294,3 +294,37 @@ def test_volume_reply_wording():
     ood = _result(verdict="out-of-domain", voxels=0)
     assert "this volume is unlike what this model was trained on" in describe_volume(ood)
     assert short_measure_volume(ood) == "out of domain"
+
+
+def test_size_in_the_unit_asked_for():
+    from vlseg.chat.replies import in_unit, slices_text
+    from vlseg.predictor import SegmentationResult
+
+    assert in_unit(_result(), "cm") == (
+        "**the hepatic lesion** in cm: 14.20 cm³ (= mL), largest diameters 3.1 × 2.5 cm"
+    )
+    assert in_unit(_result(), "mm").startswith("**the hepatic lesion** in mm: 14,200 mm³")
+    assert in_unit(_result(verdict="absent"), "cm") is None
+    assert in_unit(_result(spacing=None, volume_ml=None), "cm") is None
+    assert in_unit(_result(), "") is None
+    area = SegmentationResult("the liver", np.zeros((2, 2), bool), np.zeros((2, 2)), 0.9,
+                              "present", 7482, 1870.5, 1)  # fmt: skip
+    assert in_unit(area, "cm") == "**the liver** in cm: 18.70 cm²"
+    assert in_unit(area, "ml") is None  # an area has no volume
+    assert slices_text(_result()) == ("**the hepatic lesion**: on 11 of 40 slices (12–21, 30)")
+
+
+def test_slice_questions_and_going_to_a_slice(service, volume_files):
+    session = ChatSession()
+    service.respond(session, "the hepatic lesion", [str(volume_files["ct.nii.gz"])])
+    result = session.results[0]
+    out = service.respond(session, "which slices show the hepatic lesion?")
+    assert out.reply.startswith("**the hepatic lesion**:")
+    if result.present:
+        assert f"slice{'s' if len(result.slices) != 1 else ''} (" in out.reply
+    assert service.segmenter.encoder_calls == 1
+    out = service.respond(session, "go to slice 2")
+    assert out.view_changed and out.keep_files and out.base is not None
+    assert session.slice_index == 2 and "Slice 2" in out.reply
+    out = service.respond(session, f"show slice {N_SLICES + 5}")
+    assert "not one of them" in out.reply and session.slice_index == 2

@@ -56,11 +56,14 @@ INTENTS = (
     "greeting",
     "thanks",  # thanks, goodbye
     "reset",  # forget the image and start again
+    "slice",  # show one slice of a volume; k: its index
     "unknown",  # none of the above
     "clarify",  # unsure: alternatives holds the best readings
 )
 ACTIONS = ("segment", "measure", "classify", "similar", "reset")
-MEASURES = ("size", "count", "volume", "area", "diameter")
+MEASURES = ("size", "count", "volume", "area", "diameter", "slices")
+PLAUSIBLE_SPACING_MM = (0.001, 10.0)  # a stated pixel spacing outside this is not used
+UNITS = ("mm", "cm", "ml")  # units a size question may ask for (cm: cm and cm²; ml: mL, cc, cm³)
 MAX_TARGETS = 8  # segmentation targets per message
 MAX_SIMILAR = 20  # retrieval results per message
 DEFAULT_SIMILAR = 5
@@ -136,7 +139,51 @@ _SPACING = [
     ),
     # "0.8 mm/px", "0.8 mm per pixel"
     re.compile(r"\(?\b(\d*\.?\d+)\s*mm\s*(?:/|per)\s*(?:px|pixel)\)?()", re.IGNORECASE),
+    # "pixel size is 0.7mm", "pixel size 0.7 x 0.8 mm", "0.7 mm pixels"
+    re.compile(
+        r"\(?\bpixel\s+(?:size|width|dimensions?)\s*(?:=|:|of|is)?\s*(\d*\.?\d+)(?:\s*(?:x|×|,|by)"
+        r"\s*(\d*\.?\d+))?\s*(?:mm)?\)?",
+        re.IGNORECASE,
+    ),
+    re.compile(r"\(?\b(\d*\.?\d+)\s*mm\s+pixels?\)?()", re.IGNORECASE),
 ]
+# "... in cm?", "in square centimetres", "in mL": the unit a size question asks for
+_UNIT = re.compile(
+    r"\s*\b(?:in|as|using)\s+(?P<u>square\s+(?:centi|milli)met(?:er|re)s|cubic\s+(?:centi|milli)"
+    r"met(?:er|re)s|(?:centi|milli)met(?:er|re)s|millilit(?:er|re)s|mls?|cc|(?:cm|mm)(?:\^?[23]|[²³])?)"
+    r"(?![\w²³])",
+    re.IGNORECASE,
+)
+# "how many slices have lesions", "which slices show the liver", "on which slices is the spleen"
+_SLICES_WITH = re.compile(
+    r"(?:how\s+many|which|what)\s+slices\s+(?:have|has|show|shows|contain|contains|with|"
+    r"include|includes)\s+(?P<x>.+?)(?:\s+(?:in|on)\s+(?:them|it))?"
+    r"|(?:on|in)\s+(?:which|what|how\s+many)\s+slices\s+(?:is|are|do\s+you\s+see|can\s+you\s+"
+    r"see|does|do)\s+(?P<y>.+?)(?:\s+(?:visible|seen|appear|show|found|present))?",
+    re.IGNORECASE,
+)
+# "show slice 8", "go to slice 12", "slice 5 please"
+_GOTO_SLICE = re.compile(
+    r"^(?:(?:please\s+)?(?:show(?:\s+me)?|go\s+to|goto|jump\s+to|move\s+to|display|open|view|"
+    r"scroll\s+to)\s+)?(?:the\s+)?slice\s+(?:number\s+|no\.?\s*|#\s*)?(?P<k>\d+)(?:\s+please)?$",
+    re.IGNORECASE,
+)
+# "undo", "remove that", "hide the liver", "clear the mask": editing the drawing, which the chat
+# does not do (it is not "forget the image")
+_EDIT = re.compile(
+    r"^(?:please\s+)?(?:undo(?:\s+(?:that|it|this|the\s+last\s+(?:one|step|outline)))?|"
+    r"(?:remove|delete|erase|hide|clear|take\s+away|get\s+rid\s+of)\s+(?:that|it|this|"
+    r"(?:the|that|this|all|all\s+the)\s+(?:last\s+)?(?:[\w'-]+\s+){0,3}?(?:outlines?|masks?|"
+    r"overlays?|contours?|drawings?|annotations?|colou?rs?|highlights?|segmentations?)|"
+    r"the\s+(?!(?:image|scan|picture|photo|volume|file|upload|case|session|chat|patient)\b)"
+    r"[\w'-]+(?:\s+[\w'-]+){0,2})(?:\s+(?:outline|mask|overlay|contour))?)(?:\s+please)?$",
+    re.IGNORECASE,
+)
+EDIT_TEXT = (
+    "I can't edit the drawing outline by outline. Ask for what you want to see (e.g. *the "
+    "liver*) and only that is drawn; the image stays loaded. To forget the image, say *start "
+    "over*."
+)
 
 # Size and count questions: "how big is the lesion?", "how many lesions are there?", "what is
 # the volume of the liver?", "liver volume?", "measure it".
@@ -288,6 +335,7 @@ class Intent:
     note: str = ""
     measure: str = ""
     inside: bool = False
+    unit: str = ""
     confidence: float = 1.0
     alternatives: tuple[Intent, ...] = field(default=(), compare=False)
 
@@ -312,16 +360,41 @@ def parse_message(
     """
     if not isinstance(text, str):
         raise TypeError(f"message must be str, got {type(text).__name__}")
-    text, spacing = extract_spacing(" ".join(text.split()))
+    text, spacing, stated = _find_spacing(" ".join(text.split()))
+    spacing_note = ""
+    if stated is not None and spacing is None:
+        lo, hi = PLAUSIBLE_SPACING_MM
+        spacing_note = (
+            f"_I did not use the pixel spacing {' × '.join(f'{v:g}' for v in stated)} mm: a "
+            f"pixel spacing is between {lo:g} and {hi:g} mm (CT about 0.5-1, dermoscopy about "
+            "0.01-0.05)._"
+        )
+    text, unit = extract_unit(text)
     text = text.strip()
+    intent = _parse(text, previous, vocabulary, spacing)
+    if unit and intent.kind in ("measure", "segment"):
+        intent = replace(intent, unit=unit)
+    if spacing_note:
+        intent = replace(intent, note=" ".join([spacing_note, intent.note]).strip())
+    return intent
+
+
+def _parse(text: str, previous, vocabulary, spacing) -> Intent:
     if not text.strip(" .!"):
         return Intent("segment", (), spacing)
+    goto = _GOTO_SLICE.fullmatch(text.strip(" .!?"))
+    if goto:
+        return Intent("slice", (), spacing, k=int(goto.group("k")))
     if not re.search(r"[^\W_]", text):  # "?", "??": no words at all
         return Intent("help", (), spacing)
     text, fixes = _correct_typos(text, vocabulary)
     text, negated = _drop_negated(text)
     if text is None:  # every clause is negated: "don't segment the liver"
         return Intent("unknown", (), spacing, note=negated)
+    if _EDIT.fullmatch(text.strip(" .!?")):
+        return Intent("unknown", (), spacing, note=EDIT_TEXT)
+    if _SLICES_WITH.fullmatch(_LEAD.sub("", text.strip(" .!?")).strip()):
+        return _finish(_with_arguments("measure", text, 1.0), spacing, fixes)
     follow = _FOLLOW_UP.match(text.strip(" .!?"))
     if follow:
         text = (follow.group("a") or follow.group("b")).strip()
@@ -359,23 +432,56 @@ def answer_to_question(text: str) -> int | None:
 
 
 def extract_spacing(text: str) -> tuple[str, tuple[float, float] | None]:
-    """Find a stated pixel spacing ("spacing 0.8 mm", "0.7 x 0.8 mm", "0.8 mm/px").
+    """Find a stated pixel spacing ("spacing 0.8 mm", "0.7 x 0.8 mm", "0.8 mm/px", "pixel size
+    is 0.7mm").
 
     Returns:
         The text without the spacing phrase, and (row_mm, col_mm) or None. Values outside
-        (0, 100] mm are ignored.
+        :data:`PLAUSIBLE_SPACING_MM` are not used (``parse_message`` says so).
     """
+    rest, spacing, _ = _find_spacing(text)
+    return rest, spacing
+
+
+def _find_spacing(text: str):
+    """(text without the spacing phrase, plausible (row, col) or None, stated values or None)."""
+    lo, hi = PLAUSIBLE_SPACING_MM
     for pattern in _SPACING:
         m = pattern.search(text)
         if m is None:
             continue
         row = float(m.group(1))
         col = float(m.group(2)) if m.group(2) else row
-        rest = (text[: m.start()] + " " + text[m.end() :]).strip()
-        if 0 < row <= 100 and 0 < col <= 100:
-            return " ".join(rest.split()), (row, col)
-        return " ".join(rest.split()), None
-    return text, None
+        rest = " ".join((text[: m.start()] + " " + text[m.end() :]).split()).strip(" ,;:")
+        stated = (row, col) if col != row else (row,)
+        if lo <= row <= hi and lo <= col <= hi:
+            return rest, (row, col), stated
+        return rest, None, stated
+    return text, None, None
+
+
+def extract_unit(text: str) -> tuple[str, str]:
+    """Find the unit a size question asks for ("how big is the liver in cm?").
+
+    Returns:
+        The text without the unit phrase, and one of :data:`UNITS` ("" when none is named).
+
+    Example:
+        >>> extract_unit("what's the liver area in cm2?")
+        ("what's the liver area?", 'cm')
+    """
+    m = _UNIT.search(text)
+    if m is None:
+        return text, ""
+    u = m.group("u").lower()
+    if u.startswith(("ml", "cc", "milli" + "lit", "cubic")) or u[-1] in "3³":
+        unit = "ml"
+    elif u.startswith(("cm", "centi", "square centi")):
+        unit = "cm"
+    else:
+        unit = "mm"
+    rest = text[: m.start()] + text[m.end() :]
+    return " ".join(rest.split()).replace(" ?", "?"), unit
 
 
 def split_targets(text: str) -> tuple[str, ...]:
@@ -534,7 +640,7 @@ def _with_arguments(kind: str, text: str, confidence: float) -> Intent:
     if kind == "measure":
         found = _measure_grammar(text)
         if found is None:  # a paraphrase the grammar does not know: keep the nouns
-            target, quantity = _MEASURE_WORDS.sub(" ", text), "size"
+            target, quantity = " ".join(_MEASURE_WORDS.sub(" ", text).split()), "size"
             target = _strip_command(re.sub(r"^(?:what|which)\b(?:'s)?", "", target.strip()))
             target = "" if _PRONOUN.fullmatch(target) else target
         else:
@@ -579,6 +685,9 @@ def _finish(intent: Intent, spacing, fixes: dict[str, str]) -> Intent:
 def _measure_grammar(text: str) -> tuple[str, str] | None:
     """(target, quantity) of a size or count question; target "" when it names none."""
     bare = text.strip(" ?.!")
+    m = _SLICES_WITH.fullmatch(bare)
+    if m:  # "how many slices have lesions?", "on which slices is the liver?"
+        return _strip_command(m.group("x") or m.group("y")), "slices"
     prev = None
     while prev != bare:
         prev = bare

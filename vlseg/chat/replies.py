@@ -108,6 +108,55 @@ def area_text(r: SegmentationResult) -> str:
     return f"{px} ({r.area_mm2:,.1f} mm²)" if r.area_mm2 is not None else px
 
 
+def in_unit(r: SegmentationResult | VolumeResult, unit: str) -> str | None:
+    """``r``'s size in the unit a question asked for ("cm": cm² or cm³ and cm diameters;
+    "ml": mL; "mm": mm² / mm), as one clause, or None when there is nothing to convert (not
+    found, or no spacing: the reply then says sizes are in pixels)."""
+    if not unit or not r.present:
+        return None
+    name = f"**{md_escape(r.text)}**"
+    if isinstance(r, VolumeResult):
+        if r.spacing is None or r.volume_ml is None:
+            return None
+        if unit == "mm":
+            size = f"{r.volume_ml * 1000:,.0f} mm³"
+        else:  # 1 mL = 1 cm³
+            size = f"{r.volume_ml:,.2f} cm³ (= mL)"
+        if r.diameters_mm:
+            scale, u = (0.1, "cm") if unit in ("cm", "ml") else (1.0, "mm")
+            long, short = r.diameters_mm[0]
+            size += f", largest diameters {long * scale:.1f} × {short * scale:.1f} {u}"
+        return f"{name} in {'mm' if unit == 'mm' else 'cm'}: {size}"
+    if r.area_mm2 is None:
+        return None
+    if unit == "ml":
+        return None  # an area has no volume; the measure reply says so
+    if unit == "cm":
+        return f"{name} in cm: {r.area_mm2 / 100:,.2f} cm²"
+    return f"{name} in mm: {r.area_mm2:,.1f} mm²"
+
+
+def count_text(r: SegmentationResult) -> str:
+    """A count question's answer on an image: "**the hepatic lesions**: 2 found (separate
+    regions), 1,234 px (345.6 mm²) in all"."""
+    if not r.present:
+        return describe(r)
+    n = r.n_components
+    return f"**{md_escape(r.text)}**: {n} found (separate regions), {area_text(r)} in all"
+
+
+def slices_text(r: VolumeResult) -> str:
+    """On which slices a volume answer has findings: "**the liver**: on 23 of 64 slices
+    (12–34)"."""
+    name = f"**{md_escape(r.text)}**"
+    if r.verdict == "out-of-domain" or not r.present:
+        return describe_volume(r)
+    n = len(r.slices)
+    scores = getattr(r, "slice_scores", None)
+    of = f" of {len(scores)}" if scores is not None else ""
+    return f"{name}: on {n}{of} slice{'s' if n != 1 else ''} ({slice_ranges(r.slices)})"
+
+
 def short_measure(r: SegmentationResult) -> str:
     if r.verdict == "out-of-domain":
         return "out of domain"

@@ -48,16 +48,19 @@ from .replies import (
     UNKNOWN_TEXT,
     clarify_text,
     clean_text,
+    count_text,
     describe,
     describe_volume,
     file_name,
     file_path,
+    in_unit,
     inside_text,
     join_notes,
     md_escape,
     readable_error,
     short_measure,
     short_measure_volume,
+    slices_text,
     unfamiliar_note,
     unique_labels,
 )
@@ -96,6 +99,7 @@ class TurnOutput:
         overlay_path: ``overlay`` as a PNG file (shown in the chat), or None.
         files: mask PNG paths at the image's own resolution.
         attachments: more images for the chat message (e.g. similar cases' thumbnails).
+        keep_files: leave the mask files as they are (a new view of the same answer).
     """
 
     reply: str
@@ -107,6 +111,7 @@ class TurnOutput:
     overlay_path: str | None = None
     files: list[str] = field(default_factory=list)
     attachments: list[str] = field(default_factory=list)
+    keep_files: bool = False
 
 
 class ChatService:
@@ -221,6 +226,14 @@ class ChatService:
             session.spacing = intent.spacing
             sp = intent.spacing
             notes.append(f"Using a pixel spacing of {sp[0]:g} × {sp[1]:g} mm.")
+            # answers already given are measured again with it ("spacing 0.8 mm, how big is
+            # it?" answers from the last result)
+            session.results = [
+                dataclasses.replace(r, area_mm2=r.area_px * sp[0] * sp[1])
+                if not isinstance(r, VolumeResult)
+                else r
+                for r in session.results
+            ]
         if intent.note and intent.kind != "unknown":  # an unknown intent's note is its reply
             notes.append(intent.note)
         if uploaded and session.is_volume:  # what was loaded (the upload-only reply says it)
@@ -239,6 +252,8 @@ class ChatService:
             return self._similar(session, intent, notes, view)
         if intent.kind == "measure":  # "how big is it?", "how many lesions?"
             return self._measure(session, intent, notes, view)
+        if intent.kind == "slice":  # "go to slice 8"
+            return self._goto_slice(session, intent.k, notes, view)
         if not intent.targets:
             return TurnOutput(join_notes(notes, self._ask_for_target(session, uploaded)), **view)
         return self._segment(session, intent.targets, notes, inside=intent.inside)
@@ -516,12 +531,44 @@ class ChatService:
                 "_This is a 2-D image, so I give the area; for a volume in mL, upload the scan as "
                 "a 3-D NIfTI or a .zip of its DICOM series._"
             )
+        if intent.measure == "slices" and not volume:
+            notes.append("_This is a single 2-D image: it has no slices to count._")
+        if intent.unit == "ml" and not volume:
+            notes.append("_An area has no volume in mL; here it is in the units I can give._")
         known = {r.text.lower(): r for r in last}
         if any(t.lower() not in known for t in targets):
-            return self._segment(session, targets, notes)
-        lines = [(describe_volume if volume else describe)(known[t.lower()]) for t in targets]
-        body = lines[0] if len(lines) == 1 else "\n".join(f"- {line}" for line in lines)
-        return TurnOutput(join_notes(notes, body), **view)
+            out = self._segment(session, targets, notes)
+            answers = session.results
+        else:
+            answers = [known[t.lower()] for t in targets]
+            if intent.measure == "slices" and volume:
+                lines = [slices_text(r) for r in answers]
+            elif intent.measure == "count" and not volume:
+                lines = [count_text(r) for r in answers]
+            else:
+                lines = [(describe_volume if volume else describe)(r) for r in answers]
+            body = lines[0] if len(lines) == 1 else "\n".join(f"- {line}" for line in lines)
+            out = TurnOutput(join_notes(notes, body), **view)
+        converted = [c for c in (in_unit(r, intent.unit) for r in answers) if c]
+        if converted:
+            out.reply += "\n\n" + "\n".join(converted)
+        return out
+
+    def _goto_slice(self, session: ChatSession, k: int, notes: list[str], view: dict):
+        """Show slice ``k`` of the volume with the last answer's outlines (the slider follows)."""
+        if not session.is_volume:
+            body = (
+                "This is a single 2-D image; slices apply to volumes (a 3-D NIfTI or a .zip "
+                "of a DICOM series)."
+            )
+            return TurnOutput(join_notes(notes, body), **view)
+        n = session.n_slices
+        if not 0 <= k < n:
+            body = f"The volume has slices 0 to {n - 1}; slice {k} is not one of them."
+            return TurnOutput(join_notes(notes, body), **view)
+        fields = self._slice_fields(session, k)
+        body = f"Slice {k} of 0–{n - 1} (the slider below the image moves through the others)."
+        return TurnOutput(join_notes(notes, body), view_changed=True, keep_files=True, **fields)
 
     # -- intents --------------------------------------------------------------------------
     def _segment(
