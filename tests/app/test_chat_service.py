@@ -340,3 +340,17 @@ def test_editing_the_drawing_keeps_the_image(service, phantom_pngs):
         assert "start over" in out.reply and session.has_image
     assert "not one of them" not in service.respond(session, "go to slice 3").reply
     assert "single 2-D image" in service.respond(session, "go to slice 3").reply
+
+
+def test_a_bare_finding_noun_not_found_gets_a_hint():
+    from vlseg.chat.replies import vague_note
+    from vlseg.predictor import SegmentationResult
+
+    def res(text, verdict):
+        z = np.zeros((2, 2), bool)
+        return SegmentationResult(text, z, z.astype(np.float32), 0.3, verdict, 0, None, 0)
+
+    assert "the hepatic lesion" in vague_note([res("a lesion", "unsure")])
+    assert vague_note([res("lesions", "absent")]) is not None
+    assert vague_note([res("the lesion", "present")]) is None
+    assert vague_note([res("the hepatic lesion", "absent")]) is None

@@ -270,6 +270,26 @@ def unfamiliar_note(results: list[SegmentationResult]) -> str | None:
     )
 
 
+_VAGUE = re.compile(
+    r"^(?:(?:the|a|an|any|some|all|all\s+the)\s+)?(?:lesions?|tumou?rs?|masse?s?|findings?|"
+    r"abnormalit(?:y|ies)|nodules?|spots?|growths?)$",
+    re.IGNORECASE,
+)
+
+
+def vague_note(results: list) -> str | None:
+    """A hint when a bare finding noun ("is there a lesion?") was not found: the model knows
+    findings by where they are, so "the lesion" alone scores low where "the hepatic lesion"
+    does not."""
+    vague = [r.text for r in results if _VAGUE.match(r.text.strip()) and r.verdict != "present"]
+    if not vague:
+        return None
+    return (
+        f"_*{md_escape(vague[0])}* alone is vague for this model: name where it is, e.g. *the "
+        "hepatic lesion* or *the renal cyst* on a CT, *the skin lesion* on a dermoscopy photo._"
+    )
+
+
 def file_path(f: Any) -> Any:
     if isinstance(f, dict):
         return f.get("path") or f.get("name")

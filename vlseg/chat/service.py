@@ -63,6 +63,7 @@ from .replies import (
     slices_text,
     unfamiliar_note,
     unique_labels,
+    vague_note,
 )
 from .session import (
     ChatSession,
@@ -499,7 +500,7 @@ class ChatService:
         if found and vol.spacing is None and not session.spacing_hint_given:
             session.spacing_hint_given = True
             body += "\n\n_Sizes are in voxels and pixels because the file gives no voxel spacing._"
-        caution = unfamiliar_note(results)
+        caution = "\n\n".join(n for n in (unfamiliar_note(results), vague_note(results)) if n)
         if caution:
             body += "\n\n" + caution
         return TurnOutput(
@@ -613,7 +614,7 @@ class ChatService:
                 "\n\n_Areas are in pixels because the pixel spacing is unknown; add e.g. "
                 "*spacing 0.8 mm* to a message to get mm²._"
             )
-        caution = unfamiliar_note(results)
+        caution = "\n\n".join(n for n in (unfamiliar_note(results), vague_note(results)) if n)
         if caution:
             body += "\n\n" + caution
         shown = [f"{label} ({short_measure(r)})" for label, r in zip(labels, results, strict=True)]
