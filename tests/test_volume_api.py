@@ -133,6 +133,16 @@ def test_cli_predict_refuses_a_png_mask_for_a_volume(nifti_path, tmp_path):
         cli_main(["predict", "--image", str(nifti_path), "--text", "x", "--out", "m.png"])
 
 
+@pytest.mark.parametrize("out", ["m.nii.gz", "m.jpg"])
+def test_cli_predict_refuses_a_non_png_mask_for_a_2d_image(tmp_path, out):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((32, 40), np.uint8)).save(tmp_path / "ct.png")
+    with pytest.raises(SystemExit, match=r"2-D image.*\.png"):
+        cli_main(["predict", "--image", str(tmp_path / "ct.png"), "--text", "x", "--out", out])
+    assert not (tmp_path / out).exists()
+
+
 def test_cli_eval_scores_volume_records(nifti_path, phantom, tmp_path, capsys):
     mask = tmp_path / "liver.nii.gz"
     liver = next(o for o in phantom.objects if o.name == "liver").mask
@@ -149,3 +159,42 @@ def test_cli_eval_scores_volume_records(nifti_path, phantom, tmp_path, capsys):
     metrics = json.loads(out.read_text())["results"]["test"]
     assert metrics["dice"] > 0.8 and metrics["n"] == 1 and metrics["n_all"] == 2
     assert "3-D dice" in capsys.readouterr().out
+
+
+def test_a_sagittal_dicom_series_is_read_as_its_axial_slices(seg, phantom, tmp_path):
+    """A series cut in another plane is resliced to axial display, as a NIfTI file is: the
+    model sees the same slices and answers the same (it used to see sagittal slices and call
+    the volume out of domain); masks come back in the series' own stored order."""
+    import copy
+
+    import pydicom
+
+    paths = write_dicom_series(tmp_path / "axial", phantom.hu, phantom.spacing)
+    axial = [pydicom.dcmread(p) for p in paths]  # inferior first, IPP z = k * slice_mm
+    stack = np.stack([d.pixel_array for d in axial])  # (z, row, col)
+    n, rows, cols = stack.shape
+    z_mm, r_mm, c_mm = phantom.spacing
+    out = tmp_path / "sagittal"
+    out.mkdir()
+    for c in range(cols):  # one sagittal slice per column; rows superior -> inferior
+        d = copy.deepcopy(axial[0])
+        img = np.ascontiguousarray(stack[::-1, :, c])
+        d.Rows, d.Columns = img.shape
+        d.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+        d.PixelSpacing = [z_mm, r_mm]
+        d.ImagePositionPatient = [c * c_mm, 0, (n - 1) * z_mm]
+        d.SOPInstanceUID = pydicom.uid.generate_uid()
+        d.InstanceNumber = c + 1
+        d.PixelData = img.tobytes()
+        d.save_as(out / f"s{c:03d}.dcm", enforce_file_format=True)
+    ax, sag = read_volume(tmp_path / "axial"), read_volume(out)
+    assert sag.meta["plane"] == "sagittal" and sag.shape == (cols, n, rows)
+    # the same axial slices; in stored order along the superior-inferior axis (as NIfTI
+    # shows a file), which these sagittal slices' rows run from superior to inferior
+    np.testing.assert_array_equal(sag.values[::-1], ax.values)
+    assert sag.spacing == pytest.approx(ax.spacing)
+    a = seg.segment(tmp_path / "axial", "the left kidney")
+    s = seg.segment(out, "the left kidney")
+    assert s.verdict == a.verdict and s.volume_ml == pytest.approx(a.volume_ml, rel=1e-6)
+    assert s.mask.shape == (cols, n, rows)
+    np.testing.assert_array_equal(sag.from_stored(s.mask)[::-1], ax.from_stored(a.mask))

@@ -370,12 +370,14 @@ def test_dicom_mask_reads_back_in_the_same_display_orientation(tmp_path: Path, i
     vol = read_volume(tmp_path / "s")
     labels = (np.arange(vol.values.size) % 200).reshape(vol.values.shape).astype(np.uint8)
     out = write_mask_nifti(tmp_path / "labels.nii", vol.to_stored(labels), vol)
-    # The NIfTI reader shows the written mask in the radiological display: for an axial series
-    # the very picture of the DICOM slices. A coronal series comes back cut along its
-    # superior-inferior axis (NIfTI slices are always the axis closest to S): slice j of the
-    # NIfTI is row j of every coronal slice, anterior (the first slice) at the top, and the
-    # patient's right still on the image's left.
-    np.testing.assert_array_equal(read_volume(out).values, labels.transpose(axes))
+    # Both readers show axial slices in the radiological display (the NIfTI slices are always
+    # the axis closest to S), so the written mask reads back as it was given: for an axial
+    # series the very picture of the DICOM slices; a coronal series is resliced: slice j is row
+    # j of every coronal slice, anterior (the first slice) at the top, and the patient's right
+    # still on the image's left.
+    np.testing.assert_array_equal(read_volume(out).values, labels)
+    stored = np.asarray(vol.to_stored(labels))  # the series' own (slice, row, col) order
+    np.testing.assert_array_equal(stored.transpose(axes), labels)
 
 
 def test_irregular_gaps_warn_and_use_the_median(tmp_path: Path) -> None:

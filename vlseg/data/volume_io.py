@@ -943,7 +943,35 @@ def _read_dicom_series(members: Any, source: str, max_voxels: int) -> Volume:
             "sop_instance_uids": [h.sop_uid for h in headers],
         }
     )
-    return Volume(values, spacing, (n, rows, cols), affine, source, meta)
+    values, spacing, layout = _as_axial(values, spacing, affine, source)
+    if layout.shape3 is not None:
+        meta["slice_axis"] = layout.axes[0]
+        meta["orientation"] = (
+            f"a {meta['plane']} series resliced to axial slices in radiological display, as a "
+            "NIfTI volume is shown"
+        )
+    return Volume(values, spacing, (n, rows, cols), affine, source, meta, layout)
+
+
+def _as_axial(values: np.ndarray, spacing, affine: np.ndarray, source: str):
+    """A series cut in another plane (sagittal, coronal) shown as axial slices, exactly as
+    :func:`_read_nifti_volume` shows a NIfTI file with the same affine (the models read axial
+    slices; slices in stored order along the superior-inferior axis, as in NIfTI, so the
+    series and its NIfTI export read the same); an axial series stays as stored. Returns
+    (values, spacing, layout)."""
+    geometry = type("Geometry", (), {"shape": values.shape, "affine": affine})()
+    plane = _nifti_plane(geometry, Path(source))
+    if plane.through == 0:
+        return values, spacing, StoredLayout()
+    axes = (plane.through, plane.rows, plane.cols)
+    shown = np.transpose(values, axes)
+    if plane.flip_rows:
+        shown = shown[:, ::-1]
+    if plane.flip_cols:
+        shown = shown[:, :, ::-1]
+    sp = None if spacing is None else tuple(spacing[a] for a in axes)
+    layout = StoredLayout(axes, plane.flip_rows, plane.flip_cols, tuple(values.shape))
+    return np.ascontiguousarray(shown), sp, layout
 
 
 def _series_orientation(headers: list[_Header], source: str) -> np.ndarray | None:
