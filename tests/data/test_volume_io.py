@@ -516,3 +516,17 @@ def test_no_warnings_for_a_clean_series(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         read_volume(tmp_path / "s")
+
+
+def test_monochrome1_without_hounsfield_units_is_inverted_for_the_model(tmp_path: Path) -> None:
+    """Not CT (no Hounsfield units): low stored values are the bright ones, so the model input
+    is the inverted min-max rescale, as for the same file read as a 2-D image (it was given the
+    raw, negative picture and answered differently from the MONOCHROME2 twin)."""
+    stored = hu_volume((3, 4, 4)) + 1024
+    make_series(tmp_path / "m2", stored, Modality="OT", intercept=0.0)
+    make_series(tmp_path / "m1", stored.max() - stored, Modality="OT", intercept=0.0,
+                PhotometricInterpretation="MONOCHROME1")  # fmt: skip
+    m1, m2 = read_volume(tmp_path / "m1"), read_volume(tmp_path / "m2")
+    assert not m1.meta["ct"] and m1.meta["invert"]
+    np.testing.assert_array_equal(m1.to_uint8(None), m2.to_uint8(None))
+    np.testing.assert_array_equal(m1.display_uint8(), m2.display_uint8())

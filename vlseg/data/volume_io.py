@@ -218,13 +218,18 @@ class Volume:
 
         ``window`` ``(level, width)`` is applied when ``meta["ct"]`` (values in Hounsfield
         units); otherwise, or with ``window=None``, one min-max rescale over the whole volume
-        (not per slice, so slices stay comparable). A constant volume gives zeros; non-finite
-        values map to 0.
+        (not per slice, so slices stay comparable), inverted for MONOCHROME1 DICOM other than
+        CT (its low values are the bright ones, as the 2-D reader shows a single file; CT
+        values are Hounsfield units, brighter where denser, whatever the file's display). A
+        constant volume gives zeros; non-finite values map to 0.
         """
         if window is not None and self.meta.get("ct"):
             level, width = check_window(window)
             return self._per_slice(lambda v: apply_window(v, level, width))
-        return self._min_max()
+        gray = self._min_max()
+        if self.meta.get("invert") and not self.meta.get("ct"):  # HU are physical: never
+            np.subtract(255, gray, out=gray)
+        return gray
 
     def display_uint8(self) -> np.ndarray:
         """``S x H x W`` uint8 for people: the file's own window when it names one, else
@@ -235,7 +240,10 @@ class Volume:
             level, width = check_window(file_window)
             gray = self._per_slice(lambda v: apply_window(v, level, width))
         else:
-            gray = self.to_uint8(SOFT_TISSUE_WINDOW if self.meta.get("ct") else None)
+            ct = bool(self.meta.get("ct"))
+            gray = self.to_uint8(SOFT_TISSUE_WINDOW if ct else None)
+            if not ct:
+                return gray  # to_uint8 inverted MONOCHROME1 already
         if self.meta.get("invert"):
             gray = 255 - gray
         return gray
