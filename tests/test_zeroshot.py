@@ -61,6 +61,10 @@ def test_classify_uses_cached_image_and_batches(seg):
 def test_classify_rejects_bad_labels(seg):
     with pytest.raises(ValueError, match="at least two labels"):
         seg.classify(np.zeros((8, 8), np.uint8), ["melanoma"])
+    with pytest.raises(ValueError, match="repeat 'A CT SCAN'"):
+        seg.classify(np.zeros((8, 8), np.uint8), ["a CT scan", "a dermoscopy photo", "A CT SCAN "])
+    with pytest.raises(TypeError, match=r"list\(mapping.values\(\)\)"):
+        seg.classify(np.zeros((8, 8), np.uint8), {"a": "a CT scan", "b": "a dermoscopy photo"})
 
 
 def test_eval_classify_cli(tiny_data, tmp_path, capsys):

@@ -422,6 +422,11 @@ class Segmenter:
                 )
             labels = self.serving.labels
             templates = templates if templates is not None else self.serving.templates
+        if isinstance(labels, dict):
+            raise TypeError(
+                "labels must be a list of class names, not a dict; for a {code: name} mapping "
+                "pass list(mapping.values()) (the answer's labels come back in that order)"
+            )
         if isinstance(labels, str) or len(labels) < 2:
             raise ValueError(
                 "give at least two labels to choose between, e.g. ['melanoma', 'nevus']"
@@ -429,6 +434,13 @@ class Segmenter:
         labels = [str(lab).strip() for lab in labels]
         if not all(labels):
             raise ValueError("labels must be non-empty strings")
+        seen: set[str] = set()
+        repeated = [lab for lab in labels if lab.lower() in seen or seen.add(lab.lower())]
+        if repeated:
+            raise ValueError(
+                f"labels repeat {repeated[0]!r}: give each class once (a repeated label splits "
+                "its probability between its copies)"
+            )
         classes = self.class_embeddings(labels, templates)
         encoded, many = self._resolve(image)
         out = zero_shot(encoded.zeroshot_embedding, classes, labels)
