@@ -6,7 +6,14 @@ import torch
 
 from vlseg.predictor import Segmenter
 from vlseg.registry import build_model, model_config
-from vlseg.requests import model_text, request_forms_of, split_request, strip_request
+from vlseg.requests import (
+    model_text,
+    plain_text,
+    request_forms_of,
+    split_request,
+    strip_request,
+)
+from vlseg.vocabulary import unfamiliar
 
 
 @pytest.mark.parametrize(
@@ -27,6 +34,9 @@ from vlseg.requests import model_text, request_forms_of, split_request, strip_re
         ("is there a lesion?", "a lesion"),
         ("give me a mask of the aorta, thanks", "the aorta"),
         ("highlight the pen marking please", "the pen marking"),
+        ("how big is the liver", "the liver"),
+        ("what is the size of the liver?", "the liver"),
+        ("how many hepatic lesions are there?", "hepatic lesions"),
     ],
 )
 def test_requests_become_descriptions(typed, description):
@@ -99,3 +109,18 @@ def test_trained_request_forms_reach_the_model_as_typed():
         "segment",
         "show me",
     ]
+
+
+def test_symbols_and_emoji_do_not_reach_the_model():
+    forms = {"leads": [""], "tails": [""]}
+    for typed in ["🫁 the liver 🫁", "the liver ✅", "the\x00liver", "the liver\u200d\ufe0f"]:
+        assert plain_text(typed) == "the liver"
+        assert model_text(typed, forms) == "the liver"
+    assert plain_text("the left kidney (≥ 2 cm), please") == "the left kidney (≥ 2 cm), please"
+
+
+def test_size_question_words_are_not_unfamiliar():
+    vocab = frozenset({"liver", "hepatic", "lesion", "lesions"})
+    assert unfamiliar("how big is the liver?", vocab) == []
+    assert unfamiliar("what is the size of the liver", vocab) == []
+    assert unfamiliar("how many hepatic lesions are there", vocab) == []

@@ -15,6 +15,7 @@ forms the model was trained with (:func:`request_forms_of`, recorded in a checkp
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "TAIL",
     "VERB",
     "model_text",
+    "plain_text",
     "request_forms_of",
     "split_request",
     "strip_request",
@@ -43,13 +45,18 @@ VERB = re.compile(
     r"i'?d (?:like|love) to see|i would (?:like|love) to see|i want to see|i need to see|"
     r"i need|i want|i'?m looking for|i am looking for|look for|give me|let me see|can i see|"
     r"(?:a|the)\s+(?:mask|outline|contour|boundary|segmentation|border)\s+(?:of|for)|"
-    r"segmentation of)\b\s*(?:any\s+|me\s+)?",
+    r"segmentation of|"
+    # size and count questions ask about the thing described: "how big is the liver?"
+    r"how\s+(?:big|large|small|long|wide|thick|extensive)\s+(?:is|are)|how\s+many|"
+    r"what(?:'s|\s+is|\s+are)\s+the\s+(?:size|area|volume|extent|diameters?|dimensions?|"
+    r"measurements?)\s+of)\b\s*(?:any\s+|me\s+)?",
     re.IGNORECASE,
 )
 TAIL = re.compile(
     r"(?:\s*\b(?:please|thanks|thank you|for me|too|as well|instead|again|located|"
     r"(?:segmented|outlined|highlighted|marked|shown)|(?:in|on) (?:this|the) "
-    r"(?:image|scan|slice|picture|photo)|if (?:any|present|there is one)|is|are)\b|[\s.!?;:,])+$",
+    r"(?:image|scan|slice|picture|photo)|if (?:any|present|there is one)|is|are|there)\b|"
+    r"[\s.!?;:,])+$",
     re.IGNORECASE,
 )
 SHOW_WHERE = re.compile(
@@ -109,10 +116,29 @@ def request_forms_of(prompts: Iterable[str], known: dict | None = None) -> dict[
     return {"leads": sorted(leads), "tails": sorted(tails)}
 
 
+def plain_text(text: str) -> str:
+    """``text`` without emoji and other symbols or control characters (they carry nothing a
+    segmentation model can use, yet "🫁 the liver 🫁" halved the liver's mask), spaces
+    collapsed; letters, digits and punctuation are kept.
+
+    >>> plain_text("🫁 the liver ✅")
+    'the liver'
+    """
+    kept = []
+    for ch in text:
+        cat = unicodedata.category(ch)
+        if cat in ("So", "Sk", "Cs", "Co", "Cn") or ch in "\u200d\ufe0e\ufe0f":
+            continue
+        kept.append(" " if cat == "Cc" else ch)
+    return " ".join("".join(kept).split())
+
+
 def model_text(text: str, forms: dict | None) -> str:
-    """What the model is given for ``text``: the text as typed when its request form (lead
-    and tail) is one the model was trained with (``forms``), else the description inside it.
-    ``forms`` None (a model that records none): always the description."""
+    """What the model is given for ``text``: the text as typed (without symbols and emoji,
+    :func:`plain_text`) when its request form (lead and tail) is one the model was trained
+    with (``forms``), else the description inside it. ``forms`` None (a model that records
+    none): always the description."""
+    text = plain_text(text) or text
     lead, desc, tail = split_request(text)
     if forms is not None and lead in forms.get("leads", ()) and tail in forms.get("tails", ()):
         return text.strip()

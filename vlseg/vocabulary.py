@@ -19,8 +19,9 @@ import re
 import unicodedata
 from collections.abc import Iterable
 
-# Function words, the words of a request ("I'd like a mask of ...", "delineate ..."), and chat
-# courtesies name no target of their own: never reported as unfamiliar.
+# Function words, the words of a request ("I'd like a mask of ...", "delineate ..."), of a size
+# question ("how big is ...") and chat courtesies name no target of their own: never reported
+# as unfamiliar.
 STOPWORDS = frozenset(
     """a an the of in on at to for from with within by and or but not no is are was were be
     there here this that these those it its me my mine i you your we our us he she they them
@@ -32,7 +33,9 @@ STOPWORDS = frozenset(
     can't don't won't doesn't isn't
     segment delineate outline contour highlight show find locate mark draw identify display
     depict indicate trace select extract detect label annotate circle visualize visualise
-    present absent visible""".split()
+    present absent visible
+    how big large many much size sizes volume extent diameter diameters dimensions measure
+    measurement measurements""".split()
 )
 _TOKEN = re.compile(r"[^\s\-\u2010-\u2015,;:.!?()\[\]{}\"“”/\\+*=<>|&#@%~^`]+")
 
