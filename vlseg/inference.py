@@ -125,7 +125,11 @@ class SegmentationResult:
         text: the prompt.
         mask: H x W bool at the input image's resolution: the answer when ``verdict`` is
             "present", the tentative one for "unsure" (empty when the score is below the
-            threshold), empty for "absent" and "out-of-domain".
+            threshold), empty for "absent" and "out-of-domain". H x W is the image as shown
+            (``vlseg.data.load_image``): for a 2-D NIfTI file that is the radiological display
+            of its slice, not the file's voxel order (rows and columns may be swapped or
+            flipped relative to the array nibabel returns); 3-D files are answered in their
+            own voxel order (``VolumeResult``).
         probs: H x W float32 per-pixel foreground probability in [0, 1].
         score: calibrated presence probability in [0, 1] (is the described thing in the image
             at all).

@@ -431,6 +431,9 @@ def test_malformed_series(tmp_path: Path) -> None:
         read_volume(tmp_path / "mf")
     with pytest.raises(ValueError, match="multi-frame.*not supported yet"):
         read_volume(tmp_path / "mf" / "a.dcm")
+    with pytest.warns(UserWarning, match=r"multi-frame DICOM file \(2 frames\).*middle frame 1"):
+        values, info = medical_io.read_dicom(tmp_path / "mf" / "a.dcm", max_pixels=10**6)
+    assert values.shape == (4, 4) and info.meta["frame"] == 1
     # a single file
     write_slice(tmp_path / "one" / "a.dcm", np.zeros((4, 4)), ipp=(0, 0, 0))
     with pytest.raises(ValueError, match="single DICOM.*load_image"):

@@ -232,6 +232,13 @@ def read_dicom(
             raise ValueError(
                 f"{path}: frame {frame} out of range; the file has frames 0..{n_frames - 1}"
             )
+        if frame is None:  # say so: the answer is about one frame of the file
+            warnings.warn(
+                f"{path}: a multi-frame DICOM file ({n_frames} frames); read as the 2-D image "
+                f"of its middle frame {index} (vlseg reads volumes from series of single-frame "
+                "files or NIfTI; export the frames as one of those to answer in 3-D)",
+                stacklevel=2,
+            )
         arr = arr[index]
     modality = str(ds.get("Modality", "") or "")
     photometric = str(ds.get("PhotometricInterpretation", "") or "")
