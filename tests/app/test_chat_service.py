@@ -354,3 +354,16 @@ def test_a_bare_finding_noun_not_found_gets_a_hint():
     assert vague_note([res("lesions", "absent")]) is not None
     assert vague_note([res("the lesion", "present")]) is None
     assert vague_note([res("the hepatic lesion", "absent")]) is None
+
+
+def test_unsure_for_an_unknown_word_says_why():
+    from vlseg.chat.replies import describe
+    from vlseg.predictor import SegmentationResult
+
+    z = np.ones((2, 2), bool)
+    r = SegmentationResult("all organs", z, z.astype(np.float32), 1.0, "unsure", 4, None, 1,
+                           unfamiliar=["organs"])  # fmt: skip
+    line = describe(r)
+    assert "not trained on *organs*" in line and "unsure whether" not in line
+    r.unfamiliar = []
+    assert "unsure whether it is there (presence 1.00)" in describe(r)

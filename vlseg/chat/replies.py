@@ -177,6 +177,12 @@ def describe(r: SegmentationResult) -> str:
         )
     if r.verdict == "unsure":
         tentative = f"; a tentative outline covers {area_text(r)}" if r.area_px else ""
+        if r.unfamiliar and r.score >= 0.5:  # found something, but maybe not what was meant
+            words = ", ".join(f"*{md_escape(w)}*" for w in r.unfamiliar[:4])
+            return (
+                f"{name}: unsure: this model was not trained on {words}, so what it outlines "
+                f"may not be what you mean (presence {r.score:.2f}){tentative}"
+            )
         return f"{name}: unsure whether it is there (presence {r.score:.2f}){tentative}"
     if not r.present:
         return f"{name}: not found (presence {r.score:.2f})"
@@ -235,6 +241,12 @@ def describe_volume(r: VolumeResult) -> str:
             if r.voxels
             else ""
         )
+        if getattr(r, "unfamiliar", None) and r.score >= 0.5:
+            words = ", ".join(f"*{md_escape(w)}*" for w in r.unfamiliar[:4])
+            return (
+                f"{name}: unsure: this model was not trained on {words}, so what it outlines "
+                f"may not be what you mean (presence {r.score:.2f}){tentative}"
+            )
         return f"{name}: unsure whether it is there (presence {r.score:.2f}){tentative}"
     if not r.present:
         return f"{name}: not found (presence {r.score:.2f})"

@@ -648,11 +648,14 @@ class ChatService:
         order = np.argsort(-probs)
         top = order[0]
         lines = [f"Most likely: **{md_escape(names[top])}** (probability {probs[top]:.2f})."]
+        i = None
         if len(asked) == 1:
             i = next((j for j, n in enumerate(names) if n.lower() == asked[0].lower()), None)
             if i is not None and i != top:
                 lines.append(f"**{md_escape(names[i])}**: probability {probs[i]:.2f}.")
-        others = ", ".join(f"{md_escape(names[j])} {probs[j]:.2f}" for j in order[1:6])
+        shown = {top} | ({i} if len(asked) == 1 and i is not None else set())
+        rest = [j for j in order if j not in shown][:5]
+        others = ", ".join(f"{md_escape(names[j])} {probs[j]:.2f}" for j in rest)
         if others:
             lines.append(f"Others: {others}.")
         lines.append(
