@@ -277,6 +277,9 @@ def build_demo(
     def chat(message: dict | None, session: ChatSession | None, progress=gr.Progress()):
         session = session if isinstance(session, ChatSession) else ChatSession()
         message = message if isinstance(message, dict) else {"text": str(message or "")}
+        if not (message.get("text") or "").strip() and not message.get("files"):
+            if session.has_image:  # an empty Enter asks nothing: no turn (no reply to nothing)
+                return gr.skip(), None, gr.skip(), gr.skip(), session
         sent = {id(m) for m in session.history}
         out = service.respond(
             session,

@@ -138,10 +138,26 @@ def test_forgetting_the_image_is_still_a_reset(text):
     assert parse_message(text).kind == "reset"
 
 
-@pytest.mark.parametrize("text, k", [("show slice 8", 8), ("go to slice 12", 12), ("slice 3", 3)])
-def test_go_to_a_slice(text, k):
+@pytest.mark.parametrize(
+    "text, k, relative",
+    [
+        ("show slice 8", 8, False),
+        ("go to slice 12", 12, False),
+        ("slice 3", 3, False),
+        ("next slice", 1, True),
+        ("previous slice", -1, True),
+        ("go to the previous slice", -1, True),
+        ("3 slices down", -3, True),
+        ("last slice", -1, False),
+    ],
+)
+def test_go_to_a_slice(text, k, relative):
     intent = parse_message(text)
-    assert intent.kind == "slice" and intent.k == k
+    assert intent.kind == "slice" and intent.k == k and intent.relative == relative
+
+
+def test_next_image_is_still_a_new_image():
+    assert parse_message("next image please").kind == "reset"
 
 
 def test_split_targets_doc_example():

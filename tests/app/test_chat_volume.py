@@ -328,3 +328,18 @@ def test_slice_questions_and_going_to_a_slice(service, volume_files):
     assert session.slice_index == 2 and "Slice 2" in out.reply
     out = service.respond(session, f"show slice {N_SLICES + 5}")
     assert "not one of them" in out.reply and session.slice_index == 2
+
+
+def test_next_and_previous_slice(service, volume_files):
+    session = ChatSession()
+    service.respond(session, "", [str(volume_files["ct.nii.gz"])])
+    service.respond(session, "go to slice 2")
+    out = service.respond(session, "next slice")
+    assert session.slice_index == 3 and "Slice 3" in out.reply and not session.results
+    service.respond(session, "previous slice")
+    service.respond(session, "two slices down")
+    assert session.slice_index == 0
+    service.respond(session, "previous slice")  # stays at the first
+    assert session.slice_index == 0
+    service.respond(session, "last slice")
+    assert session.slice_index == N_SLICES - 1

@@ -56,7 +56,7 @@ INTENTS = (
     "greeting",
     "thanks",  # thanks, goodbye
     "reset",  # forget the image and start again
-    "slice",  # show one slice of a volume; k: its index
+    "slice",  # show one slice of a volume; k: its index (-1: the last), or a step (relative)
     "unknown",  # none of the above
     "clarify",  # unsure: alternatives holds the best readings
 )
@@ -166,6 +166,14 @@ _SLICES_WITH = re.compile(
 _GOTO_SLICE = re.compile(
     r"^(?:(?:please\s+)?(?:show(?:\s+me)?|go\s+to|goto|jump\s+to|move\s+to|display|open|view|"
     r"scroll\s+to)\s+)?(?:the\s+)?slice\s+(?:number\s+|no\.?\s*|#\s*)?(?P<k>\d+)(?:\s+please)?$",
+    re.IGNORECASE,
+)
+# "next slice", "previous slice", "first slice", "last slice", "two slices up"
+_STEP_SLICE = re.compile(
+    r"^(?:(?:please\s+)?(?:go\s+to|goto|show(?:\s+me)?|move\s+to|jump\s+to)\s+)?(?:the\s+)?"
+    r"(?P<w>next|following|previous|prev|preceding|first|last)\s+slice(?:\s+please)?$"
+    r"|^(?:(?:go|move|step)\s+)?(?P<n>one|two|three|four|five|\d+)?\s*slices?\s+"
+    r"(?P<d>up|down|forward|back|backward|further|higher|lower)(?:\s+please)?$",
     re.IGNORECASE,
 )
 # "undo", "remove that", "hide the liver", "clear the mask": editing the drawing, which the chat
@@ -336,6 +344,7 @@ class Intent:
     measure: str = ""
     inside: bool = False
     unit: str = ""
+    relative: bool = False
     confidence: float = 1.0
     alternatives: tuple[Intent, ...] = field(default=(), compare=False)
 
@@ -385,6 +394,18 @@ def _parse(text: str, previous, vocabulary, spacing) -> Intent:
     goto = _GOTO_SLICE.fullmatch(text.strip(" .!?"))
     if goto:
         return Intent("slice", (), spacing, k=int(goto.group("k")))
+    step = _STEP_SLICE.fullmatch(text.strip(" .!?"))
+    if step:  # "next slice": k is a step from the slice shown (relative)
+        word = (step.group("w") or "").lower()
+        if word in ("first", "last"):
+            return Intent("slice", (), spacing, k=0 if word == "first" else -1)
+        if word:
+            return Intent("slice", (), spacing, k=1 if word in ("next", "following") else -1,
+                          relative=True)  # fmt: skip
+        n = step.group("n") or "1"
+        n = int(n) if n.isdigit() else _NUMBERS.get(n.lower(), 1)
+        back = step.group("d").lower() in ("down", "back", "backward", "lower")
+        return Intent("slice", (), spacing, k=-n if back else n, relative=True)
     if not re.search(r"[^\W_]", text):  # "?", "??": no words at all
         return Intent("help", (), spacing)
     text, fixes = _correct_typos(text, vocabulary)

@@ -253,8 +253,13 @@ class ChatService:
             return self._similar(session, intent, notes, view)
         if intent.kind == "measure":  # "how big is it?", "how many lesions?"
             return self._measure(session, intent, notes, view)
-        if intent.kind == "slice":  # "go to slice 8"
-            return self._goto_slice(session, intent.k, notes, view)
+        if intent.kind == "slice":  # "go to slice 8", "next slice"
+            k = intent.k
+            if session.is_volume and intent.relative:
+                k = min(max(session.slice_index + k, 0), session.n_slices - 1)
+            elif session.is_volume and k == -1:
+                k = session.n_slices - 1
+            return self._goto_slice(session, k, notes, view)
         if not intent.targets:
             return TurnOutput(join_notes(notes, self._ask_for_target(session, uploaded)), **view)
         return self._segment(session, intent.targets, notes, inside=intent.inside)
@@ -553,6 +558,11 @@ class ChatService:
         converted = [c for c in (in_unit(r, intent.unit) for r in answers) if c]
         if converted:
             out.reply += "\n\n" + "\n".join(converted)
+        elif intent.unit in ("mm", "cm") and any(r.present for r in answers):
+            out.reply += (
+                f"\n\n_I can give sizes in {intent.unit} only when the pixel spacing is known; "
+                "add e.g. *spacing 0.8 mm* to the question._"
+            )
         return out
 
     def _goto_slice(self, session: ChatSession, k: int, notes: list[str], view: dict):
