@@ -113,6 +113,7 @@ def test_cli_calibrate_records_serving_and_ood_in_the_checkpoint(tiny_data, tmp_
             "40",
             "--report",
             str(tmp_path / "rep"),
+            "--allow-small",
         ]
     )
     assert rc == 0
@@ -202,3 +203,18 @@ def test_evaluate_answers_out_of_domain_as_users_get_it(tiny_data):
     verdicts.clear()
     evaluate(seg.model, ds, serving=flag_all, limit=8, on_item=keep)  # no fit: no check
     assert all(v != "out-of-domain" and s is None for v, s, _ in verdicts)
+
+
+def test_calibrate_refuses_too_little_data_and_writes_nothing(tiny_data, tmp_path):
+    from vlseg.calibration import calibrate_checkpoint
+    from vlseg.checkpoint import save_checkpoint
+
+    cfg = model_config("tiny-test")
+    save_checkpoint(build_model(cfg), cfg, tmp_path / "ck")
+    before = (tmp_path / "ck" / "config.yaml").read_text()
+    with pytest.raises(ValueError, match="too few to fit a calibration.*nothing was written"):
+        calibrate_checkpoint(tmp_path / "ck", tiny_data, limit=20, progress=False)
+    assert (tmp_path / "ck" / "config.yaml").read_text() == before
+    assert not (tmp_path / "ck" / "ood.safetensors").exists()
+    with pytest.raises(ValueError, match="not a checkpoint directory.*cp -r"):
+        calibrate_checkpoint("phantom-tiny", tiny_data, limit=20, progress=False)

@@ -4,6 +4,7 @@ reliability diagram (Guo et al., 2017, "On calibration of modern neural networks
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 from scipy.optimize import minimize
@@ -15,6 +16,11 @@ def _nll(logits: np.ndarray, labels: np.ndarray) -> float:
     # log(1 + exp(-y z)) for y in {-1, +1}, computed stably
     signed = np.where(labels, logits, -logits)
     return float(np.mean(np.logaddexp(0.0, -signed)))
+
+
+MIN_PER_CLASS = 30  # present and absent validation expressions for a calibration
+MIN_OOD_IMAGES = (50, 20)  # training and validation images for the out-of-domain fit
+PLAUSIBLE_TEMPERATURE = (0.05, 20.0)
 
 
 def fit_calibration(logits, labels, method: str = "temperature") -> dict:
@@ -139,6 +145,7 @@ def calibrate_checkpoint(
     ood_data: str | os.PathLike | None = None,
     report: str | os.PathLike | None = None,
     progress: bool = True,
+    allow_small: bool = False,
 ) -> dict:
     """Fit how a checkpoint is served on its data, and record it in the checkpoint directory.
 
@@ -148,6 +155,13 @@ def calibrate_checkpoint(
       threshold: the ``ood_quantile`` quantile of ``val_split``'s image scores, both of
       ``ood_data`` (default ``data``): the images whose look the model should accept, e.g.
       its domain-randomised training data.
+
+    Nothing is written when the fit cannot be trusted: fewer than :data:`MIN_PER_CLASS`
+    present or absent validation expressions, fewer than :data:`MIN_OOD_IMAGES` training or
+    validation images for the out-of-domain fit, or a temperature outside
+    :data:`PLAUSIBLE_TEMPERATURE` (a validation set the model separates perfectly: every score
+    would become 0 or 1 and "unsure" could never be answered). ``allow_small`` turns these
+    refusals into warnings (tests, smoke runs).
 
     Returns:
         What was fitted and measured (ECE before/after on val, temperature, threshold, ...).
@@ -161,6 +175,19 @@ def calibrate_checkpoint(
     from .predictor import load
 
     ckpt = Path(checkpoint)
+    if not (ckpt / "config.yaml").is_file():
+        raise ValueError(
+            f"{checkpoint} is not a checkpoint directory (no config.yaml); calibration is "
+            "written into the checkpoint, so copy a shipped model first (its folder is "
+            "vlseg/weights/<name> inside the installed package), e.g. `cp -r .../vlseg/"
+            "weights/phantom-tiny my-model`, and pass --model my-model"
+        )
+
+    def refuse(why: str) -> None:
+        if not allow_small:
+            raise ValueError(f"{why}; nothing was written (allow_small / --allow-small to force)")
+        warnings.warn(why, stacklevel=3)
+
     seg = load(ckpt)
     seg.serving = replace(seg.serving, calibration=None, unsure=None, ood_threshold=None)
     seg.ood = None
@@ -173,13 +200,33 @@ def calibrate_checkpoint(
 
     val = dataset(val_split)
     z, y = presence_logits(seg, val, limit=limit, progress=progress)
+    n_pos, n_neg = int(np.sum(y)), int(np.sum(~np.asarray(y, dtype=bool)))
+    if min(n_pos, n_neg) < MIN_PER_CLASS:
+        refuse(
+            f"{val_split} has {n_pos} present and {n_neg} absent expressions: too few to fit a "
+            f"calibration (at least {MIN_PER_CLASS} of each); use more data or a larger --limit"
+        )
     cal = fit_calibration(z, y, method)
+    t = cal.get("temperature", 1.0 / max(abs(cal.get("a", 1.0)), 1e-12))
+    lo, hi = PLAUSIBLE_TEMPERATURE
+    if not lo <= t <= hi:
+        refuse(
+            f"the fitted temperature {t:.3g} is outside [{lo:g}, {hi:g}]: {val_split} is too "
+            "easy or too small to calibrate on (a model that separates it perfectly gets every "
+            "score pushed to 0 or 1); use harder or more validation data"
+        )
     calibrated = replace(seg.serving, calibration=cal)
     p_raw = 1 / (1 + np.exp(-z))
     p_cal = 1 / (1 + np.exp(-calibrated.calibrate(z)))
     ood_source = data if ood_data is None else ood_data
     train_images = _unique_images(dataset(train_split, ood_source), image_limit)
     val_images = _unique_images(dataset(val_split, ood_source), image_limit)
+    if len(train_images) < MIN_OOD_IMAGES[0] or len(val_images) < MIN_OOD_IMAGES[1]:
+        refuse(
+            f"the out-of-domain fit needs at least {MIN_OOD_IMAGES[0]} {train_split} and "
+            f"{MIN_OOD_IMAGES[1]} {val_split} images, got {len(train_images)} and "
+            f"{len(val_images)}"
+        )
     detector = fit_ood(ood_features(seg, train_images))
     val_scores = detector.score(ood_features(seg, val_images))
     threshold = float(np.quantile(val_scores, ood_quantile))

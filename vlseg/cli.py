@@ -558,6 +558,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         ood_data=args.ood_data,
         limit=args.limit,
         report=args.report,
+        allow_small=args.allow_small,
     )
     cal = res["calibration"]
     print(
@@ -863,6 +864,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--limit", type=int, default=None, help="val expressions to use")
     p.add_argument("--report", default=None, help="directory for calibration.json and a PNG")
+    p.add_argument(
+        "--allow-small",
+        action="store_true",
+        help="write the fit even from too little data or an implausible temperature (warns)",
+    )
     p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("serve", help="start the chat app (Gradio)")
