@@ -54,3 +54,14 @@ def test_mix_takes_splits_absolute_paths_and_fractions(tmp_path, capsys):
         mix_manifests(tmp_path / "m4", [str(tmp_path / "nope")])
     with pytest.raises(ValueError, match="no records"):
         mix_manifests(tmp_path / "m5", [str(a)], splits=("test_heldout",))
+
+
+def test_sources_with_the_same_folder_name_keep_ids_unique(tmp_path):
+    a = _dataset(tmp_path / "one" / "ph", 12)
+    b = _dataset(tmp_path / "two" / "ph", 12)
+    path, _ = mix_manifests(tmp_path / "mix", [str(a), str(b)])
+    ids = [json.loads(line)["id"] for line in path.read_text().splitlines()]
+    assert len(ids) == len(set(ids)) == 16
+    assert {i.split("/")[0] for i in ids} == {"ph", "ph-2"}
+    with pytest.raises(ValueError, match="given twice"):
+        mix_manifests(tmp_path / "mix2", [str(a), f"{a}:0.5"])

@@ -3,8 +3,9 @@
 Each source is a dataset directory with a JSONL ``manifest.jsonl`` (as ``vlseg phantoms``
 writes), optionally with the fraction of its records to keep (``data/volslices:0.33``). The
 records of the chosen splits are written to ``OUT/manifest.jsonl`` with absolute image and mask
-paths and ids prefixed by the source's folder name, so the mix refers to the sources' files
-without copying them.
+paths and ids prefixed by the source's folder name (``name-2``, ``name-3`` ... for sources whose
+folders share a name), so the mix refers to the sources' files without copying them and every
+id stays unique (batch prediction names mask files by id).
 """
 
 from __future__ import annotations
@@ -44,8 +45,17 @@ def mix_manifests(
     rng = random.Random(seed)
     out = Path(out)
     lines, counts = [], {}
+    prefixes: dict[str, Path] = {}
+    ids: set[str] = set()
     for spec in sources:
         root, keep = parse_source(spec)
+        if any(os.path.samefile(root, other) for other in prefixes.values() if root.exists()):
+            raise ValueError(f"{root} is given twice; give each source once (with a fraction)")
+        prefix, k = root.name, 1
+        while prefix in prefixes:
+            k += 1
+            prefix = f"{root.name}-{k}"
+        prefixes[prefix] = root
         manifest = root / "manifest.jsonl"
         if not manifest.is_file():
             raise FileNotFoundError(
@@ -64,7 +74,10 @@ def mix_manifests(
             r["image"] = os.path.abspath(root / r["image"])
             if r.get("mask"):
                 r["mask"] = os.path.abspath(root / r["mask"])
-            r["id"] = f"{root.name}/{r['id']}"
+            r["id"] = f"{prefix}/{r['id']}"
+            if r["id"] in ids:
+                raise ValueError(f"{manifest}: record id {r['id']!r} appears twice")
+            ids.add(r["id"])
             lines.append(json.dumps(r))
             taken += 1
         if taken == 0:
