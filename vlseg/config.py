@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -121,7 +123,48 @@ def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "") -> T:
             f"{where or cls.__name__}: unknown key(s) {', '.join(unknown)}; "
             f"valid keys: {', '.join(valid)}"
         )
+    hints = typing.get_type_hints(cls)
+    data = {k: _coerce(k, v, hints.get(k), where or cls.__name__) for k, v in data.items()}
     return cls(**data)
+
+
+def _coerce(key: str, value: Any, hint: Any, where: str) -> Any:
+    """``value`` as the field's scalar type: numbers written as strings (YAML reads ``1e-3``
+    without a dot as a string) become numbers; a value of the wrong kind is an error that names
+    the key, instead of a TypeError deep inside training."""
+    if hint is None or value is None:
+        return value
+    args = (
+        typing.get_args(hint)
+        if typing.get_origin(hint) in (typing.Union, types.UnionType)
+        else (hint,)
+    )
+    kinds = {a for a in args if a in (int, float, bool, str)}
+    if not isinstance(value, (str, int, float)):  # mappings and lists: checked where used
+        return value
+    if not kinds or type(value) in kinds or not (kinds & {int, float, bool}):
+        return value
+    if int in kinds and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if bool in kinds and text.lower() in ("true", "false", "yes", "no"):
+            return text.lower() in ("true", "yes")
+        try:
+            number = float(text)
+        except ValueError:
+            number = None
+        if number is not None:
+            if float in kinds:
+                return number
+            if int in kinds and number.is_integer():
+                return int(number)
+    if float in kinds and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    want = " or ".join(sorted(k.__name__ for k in kinds if k is not str))
+    raise ValueError(f"{where}: {key}={value!r} must be {want}")
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:

@@ -84,6 +84,22 @@ def test_image_features_shared_by_several_prompts():
     torch.testing.assert_close(out["logits"][1:2], one["logits"], rtol=1e-4, atol=1e-5)
 
 
+def test_config_values_are_read_as_their_types():
+    from vlseg.config import TrainConfig
+
+    # YAML reads 1e-3 (no dot) as a string: it is the number it means
+    cfg = from_dict(TrainConfig, {"lr": "1e-3", "epochs": "3", "max_steps": 4.0, "amp": "false"})
+    assert (cfg.lr, cfg.epochs, cfg.max_steps, cfg.amp) == (1e-3, 3, 4, False)
+    assert isinstance(cfg.lr, float) and isinstance(cfg.max_steps, int)
+    assert from_dict(TrainConfig, {"augment": {"gamma": [0.5, 2.0]}}).augment == {
+        "gamma": [0.5, 2.0]
+    }
+    with pytest.raises(ValueError, match="epochs='abc' must be int"):
+        from_dict(TrainConfig, {"epochs": "abc"})
+    with pytest.raises(ValueError, match="lr=True must be float"):
+        from_dict(TrainConfig, {"lr": True})
+
+
 def test_unknown_config_keys_list_valid_ones():
     with pytest.raises(ValueError, match="unknown key.*decoder_width.*valid keys: name"):
         from_dict(ModelConfig, {"decoder_width": 3})
