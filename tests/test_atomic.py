@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -122,3 +123,19 @@ def test_chat_session_files_are_scratch_writes(tmp_path: Path, monkeypatch) -> N
     render.write_png(np.zeros((4, 4, 3), np.uint8), tmp_path / "o.png")
     render.write_mask_files([np.ones((4, 4), bool)], ["the liver"], tmp_path)
     assert calls == [] and (tmp_path / "mask-01-the-liver.png").is_file()
+
+
+def test_atomic_directory_has_the_usual_permissions(tmp_path: Path) -> None:
+    """mkdtemp makes 0700 folders: a published checkpoint must be as readable as a folder made
+    with mkdir (others could not load shared runs)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    target = tmp_path / "ckpt"
+    with atomic_directory(target) as tmp:
+        (tmp / "sub").mkdir(mode=0o700)
+        f = tmp / "sub" / "model.safetensors"
+        f.write_bytes(b"x")
+        os.chmod(f, 0o600)
+    assert (target.stat().st_mode & 0o777) == 0o777 & ~umask
+    assert ((target / "sub").stat().st_mode & 0o777) == 0o777 & ~umask
+    assert ((target / "sub" / "model.safetensors").stat().st_mode & 0o777) == 0o666 & ~umask

@@ -198,3 +198,14 @@ def test_a_sagittal_dicom_series_is_read_as_its_axial_slices(seg, phantom, tmp_p
     assert s.verdict == a.verdict and s.volume_ml == pytest.approx(a.volume_ml, rel=1e-6)
     assert s.mask.shape == (cols, n, rows)
     np.testing.assert_array_equal(sag.from_stored(s.mask)[::-1], ax.from_stored(a.mask))
+
+
+def test_cli_refuses_unwritable_outputs_before_any_work(tmp_path, capsys):
+    (tmp_path / "taken.txt").write_text("x")
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(SystemExit, match="is a folder"):
+        cli_main(["eval", "--data", str(tmp_path), "--out", str(tmp_path / "adir")])
+    with pytest.raises(SystemExit, match="is a file"):
+        cli_main(["predict", "--data", str(tmp_path), "--out", str(tmp_path / "taken.txt")])
+    with pytest.raises(SystemExit, match="is a file"):
+        cli_main(["eval-classify", "--data", str(tmp_path), "--out", str(tmp_path / "taken.txt")])

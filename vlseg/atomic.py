@@ -102,6 +102,7 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         yield tmp
+        _usual_modes(tmp)
         _fsync_tree(tmp)
         old = path.with_name(f".{path.name}.old")
         if path.exists():
@@ -112,6 +113,18 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _usual_modes(root: Path) -> None:
+    """Give the tree the permissions a plain ``mkdir`` / ``open`` would (``0o777`` / ``0o666``
+    less the umask) rather than mkdtemp's 0700 or a writer's 0600, so a checkpoint or adapter
+    can be read by whoever may read its parent folder."""
+    for folder, dirs, files in os.walk(root):
+        os.chmod(folder, 0o777 & ~_UMASK)
+        for name in files:
+            file = os.path.join(folder, name)
+            if os.path.isfile(file) and not os.path.islink(file):
+                os.chmod(file, 0o666 & ~_UMASK)
 
 
 def _fsync_tree(root: Path) -> None:

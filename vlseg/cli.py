@@ -159,6 +159,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from vlseg.predictor import load
     from vlseg.vocabulary import unfamiliar
 
+    _writable_file(args.out)
     seg = load(args.model, adapter=args.adapter)
     seg.referring = not args.no_referring
     if args.no_refine:
@@ -235,8 +236,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         write_json(
             args.out,
             {
-                "model": str(args.model),
+                "model": seg.name,
+                "model_arg": None if args.model is None else str(args.model),
+                "adapter": None if args.adapter is None else str(args.adapter),
                 "data": str(args.data),
+                "splits": list(args.split),
+                "limit": args.limit,
                 "referring": seg.referring,
                 "strip_requests": seg.strip_requests,
                 "refine": seg.serving.refine,
@@ -253,6 +258,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     if (args.data is None) == (args.image is None):
         raise SystemExit("vlseg predict: give --image IMG --text T, or --data MANIFEST")
+    if args.data is not None:
+        _writable_dir(args.out)
     if args.image is not None and _is_dicom_seg_path(args.out):
         _check_dicom_seg_input(args.image)  # before the model loads and the volume is encoded
     if args.image is not None and args.out and not str(args.out).lower().endswith(".png"):
@@ -282,6 +289,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             text=args.text,
             batch_size=args.batch_size,
             num_workers=args.num_workers,
+            progress=not args.quiet,
         )
         print(
             f"answered {res['records']} records on {res['images']} images "
@@ -445,6 +453,7 @@ def _cmd_eval_classify(args: argparse.Namespace) -> int:
     from vlseg.predictor import load
     from vlseg.zeroshot import evaluate_classification, image_labels, plot_confusion
 
+    _writable_dir(args.out)
     seg = load(args.model, adapter=args.adapter)
     codes, names, templates = _model_labels(seg, args.labels, args.templates, args.modality)
     images, labels = image_labels(args.data, args.split, args.modality)
@@ -900,9 +909,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileExistsError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:  # bad input, missing or unwritable files
         print(f"vlseg {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            f"vlseg {args.command}: interrupted; what was finished is saved (train, tune and "
+            "predict --data continue where they stopped when run again)",
+            file=sys.stderr,
+        )
+        return 130
+
+
+def _writable_file(path: str | None, flag: str = "--out") -> None:
+    """Refuse an output file that cannot be written before any work is done (an existing folder,
+    a parent that is a file or not writable)."""
+    if not path:
+        return
+    from pathlib import Path
+
+    p = Path(path)
+    if p.is_dir():
+        raise SystemExit(f"{flag} {path} is a folder; give a file path, e.g. {path}/eval.json")
+    parent = p.parent if str(p.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SystemExit(f"{flag} {path}: cannot create its folder ({exc})") from exc
+    if not os.access(parent, os.W_OK):
+        raise SystemExit(f"{flag} {path}: the folder {parent} is not writable")
+
+
+def _writable_dir(path: str | None, flag: str = "--out") -> None:
+    """The same for an output folder: an existing file there is refused up front."""
+    if not path:
+        return
+    from pathlib import Path
+
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise SystemExit(f"{flag} {path} is a file; give a folder path")
+    existing = next((q for q in [p, *p.parents] if q.exists()), Path("."))
+    if not os.access(existing, os.W_OK):
+        raise SystemExit(f"{flag} {path}: {existing} is not writable")
 
 
 if __name__ == "__main__":
