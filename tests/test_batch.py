@@ -88,3 +88,18 @@ def test_cli_predict_data(tiny_data, tmp_path, capsys):
     assert rc == 0 and "answered" in capsys.readouterr().out
     rows = [json.loads(x) for x in (tmp_path / "pred" / "results-rank000.jsonl").open()]
     assert rows and all(r["verdict"] in ("present", "absent") for r in rows)
+
+
+def test_resuming_with_other_settings_is_refused(tiny_data, tmp_path):
+    import pytest
+
+    seg = _seg()
+    out = tmp_path / "p"
+    predict_manifest(seg, tiny_data, out, split="val", progress=False)
+    assert json.loads((out / "predict_run.json").read_text())["model"] == seg.name
+    with pytest.raises(ValueError, match="another run.*text None -> 'the spleen'"):
+        predict_manifest(seg, tiny_data, out, split="val", text="the spleen", progress=False)
+    with torch.no_grad():
+        next(seg.model.parameters()).add_(1.0)  # other weights (another model or adapter)
+    with pytest.raises(ValueError, match="another run.*weights_sha256"):
+        predict_manifest(seg, tiny_data, out, split="val", progress=False)

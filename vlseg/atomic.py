@@ -119,7 +119,7 @@ def _usual_modes(root: Path) -> None:
     """Give the tree the permissions a plain ``mkdir`` / ``open`` would (``0o777`` / ``0o666``
     less the umask) rather than mkdtemp's 0700 or a writer's 0600, so a checkpoint or adapter
     can be read by whoever may read its parent folder."""
-    for folder, dirs, files in os.walk(root):
+    for folder, _dirs, files in os.walk(root):
         os.chmod(folder, 0o777 & ~_UMASK)
         for name in files:
             file = os.path.join(folder, name)

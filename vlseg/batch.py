@@ -22,6 +22,7 @@ from .data.io import save_mask_png
 from .data.manifest import Record, read_manifest
 
 RESULTS = "results-rank{rank:03d}.jsonl"
+RUN = "predict_run.json"  # what answered the records: a resumed run must be the same one
 
 
 class _Images(Dataset):
@@ -98,6 +99,7 @@ def predict_manifest(
         raise ValueError(f"rank {rank} is not in [0, {world})")
     out = Path(out)
     (out / "masks").mkdir(parents=True, exist_ok=True)
+    _same_run(out, seg, text=text, split=split)
     records = read_manifest(data, split)
     # The shard is fixed by the manifest alone, so every rank (and every restart) splits the
     # same list; what is already answered is dropped within the shard.
@@ -139,6 +141,32 @@ def predict_manifest(
                     answered += 1
             fh.flush()
     return {"records": answered, "skipped": skipped, "images": len(images)}
+
+
+def _same_run(out: Path, seg, **settings) -> None:
+    """Record what answers the records (model, weights with any adapter, prompt, split) in
+    ``out/predict_run.json``, or check that a folder with earlier answers got them from the same
+    settings: resuming with another model, adapter or ``--text`` would silently keep the old
+    answers."""
+    from .adapters import state_dict_sha256
+    from .atomic import write_json
+
+    run = {"model": seg.name, "weights_sha256": state_dict_sha256(seg.model, adapters=True)}
+    run.update({k: v for k, v in settings.items()})
+    path = out / RUN
+    if path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        changed = [k for k in run if old.get(k) != run[k]]
+        if changed:
+            what = ", ".join(f"{k} {old.get(k)!r} -> {run[k]!r}" for k in changed)
+            raise ValueError(
+                f"{out} holds answers from another run ({what}); give a new --out, or delete "
+                "the folder to answer again"
+            )
+        return
+    if any(out.glob("results-rank*.jsonl")):
+        return  # answers from before runs were recorded: nothing to compare with
+    write_json(path, run)
 
 
 def _row(rec: Record, res, out: Path) -> dict:
