@@ -186,6 +186,14 @@ def tune(cfg: TuneConfig) -> Path:
     rank, world, device = _dist_setup()
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
+    last_cfg = out / "last" / ADAPTER_CONFIG
+    if cfg.resume and last_cfg.is_file():  # before anything is overwritten
+        before = read_adapter_config(last_cfg.parent).get("method")
+        if before is not None and before != cfg.method:
+            raise ValueError(
+                f"out={out} holds a {before} run (its last/ adapter); this is a {cfg.method} "
+                "run: give another out=, or resume=false to start over there"
+            )
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         save_yaml(to_dict(cfg), out / "tune_config.yaml")

@@ -485,3 +485,19 @@ def test_resumed_run_keeps_the_visual_prompt_form_it_started_with(cnn_cfg, tiny_
     out = tune(resumed)
     meta = yaml.safe_load((out / "last" / "adapter.yaml").read_text())
     assert meta["learner_shapes"]["mode"] == "pixels" and meta["epoch"] == 1
+
+
+def test_tuning_into_a_folder_of_another_method_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    from vlseg.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, FORMAT
+    from vlseg.config import save_yaml
+    from vlseg.tuning import TuneConfig, tune
+
+    last = tmp_path / "run" / "last"
+    last.mkdir(parents=True)
+    save_file({"x": torch.zeros(1)}, str(last / ADAPTER_WEIGHTS))
+    save_yaml({"format": FORMAT, "method": "coop"}, last / ADAPTER_CONFIG)
+    with pytest.raises(ValueError, match="holds a coop run.*this is a lora run"):
+        tune(TuneConfig(method="lora", out=str(tmp_path / "run")))
+    assert not (tmp_path / "run" / "tune_config.yaml").exists()
