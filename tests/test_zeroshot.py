@@ -105,3 +105,12 @@ def test_label_set_from_a_yaml_file(tmp_path):
     assert _labels(str(path)) == (["mel", "nv"], ["melanoma", "a benign nevus"])
     assert _labels("phantom-ct")[0] == list(load_labels("phantom-ct"))
     assert _labels("melanoma, nevus") == (["melanoma", "nevus"], ["melanoma", "nevus"])
+
+
+def test_cli_names_the_label_sets_for_a_mistyped_one(tmp_path):
+    from vlseg.cli import main as cli_main
+
+    with pytest.raises(SystemExit, match="label sets: .*phantom-dermoscopy"):
+        cli_main(["classify", "--image", str(tmp_path / "x.png"), "--labels", "phantom-derm"])
+    with pytest.raises(SystemExit):
+        cli_main(["eval", "--data", str(tmp_path), "--limit", "0"])

@@ -405,6 +405,11 @@ def _labels(spec: str) -> tuple[list[str], list[str]]:
         table = load_labels(spec)
         return list(table), list(table.values())
     items = [s.strip() for s in spec.split(",") if s.strip()]
+    if len(items) < 2:  # one word: most likely a mistyped label-set name
+        raise SystemExit(
+            f"--labels {spec!r} is neither two or more comma-separated labels nor a label set; "
+            f"label sets: {', '.join(list_label_sets())} (or a YAML file of code: name)"
+        )
     return items, items
 
 
@@ -734,8 +739,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", help="a `vlseg tune` adapter dir to apply (e.g. runs/tune/best)")
     p.add_argument("--data", required=True, help="manifest dataset")
     p.add_argument("--split", nargs="+", default=["test"], help="one or more splits")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--limit", type=int, default=None, help="evaluate at most this many items")
+    p.add_argument("--batch-size", type=_positive_int, default=16)
+    p.add_argument(
+        "--limit", type=_positive_int, default=None, help="evaluate at most this many items"
+    )
     p.add_argument(
         "--no-referring",
         action="store_true",
@@ -768,7 +775,9 @@ def build_parser() -> argparse.ArgumentParser:
         "torchrun each rank takes its shard",
     )
     p.add_argument("--split", default=None, help="with --data: only this split")
-    p.add_argument("--batch-size", type=int, default=8, help="with --data: images per batch")
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=8, help="with --data: images per batch"
+    )
     p.add_argument("--num-workers", type=int, default=0, help="with --data: image loaders")
     p.add_argument(
         "--out",
@@ -871,7 +880,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="dataset whose train/val images define what the model accepts (default: --data), "
         "e.g. domain-randomised phantoms",
     )
-    p.add_argument("--limit", type=int, default=None, help="val expressions to use")
+    p.add_argument("--limit", type=_positive_int, default=None, help="val expressions to use")
     p.add_argument("--report", default=None, help="directory for calibration.json and a PNG")
     p.add_argument(
         "--allow-small",
@@ -919,6 +928,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (0 or a negative count is a typo, not a request)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
 
 
 def _writable_file(path: str | None, flag: str = "--out") -> None:
