@@ -52,6 +52,7 @@ def test_requests_become_descriptions(typed, description):
         "the marker line",
         "mass in the left lobe",
         "both kidneys",
+        "the lesion over there",
     ],
 )
 def test_descriptions_are_left_alone(text):

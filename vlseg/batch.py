@@ -99,7 +99,7 @@ def predict_manifest(
         raise ValueError(f"rank {rank} is not in [0, {world})")
     out = Path(out)
     (out / "masks").mkdir(parents=True, exist_ok=True)
-    _same_run(out, seg, text=text, split=split)
+    _same_run(out, seg, data=os.path.abspath(data), text=text, split=split)
     records = read_manifest(data, split)
     # The shard is fixed by the manifest alone, so every rank (and every restart) splits the
     # same list; what is already answered is dropped within the shard.
@@ -151,7 +151,11 @@ def _same_run(out: Path, seg, **settings) -> None:
     from .adapters import state_dict_sha256
     from .atomic import write_json
 
-    run = {"model": seg.name, "weights_sha256": state_dict_sha256(seg.model, adapters=True)}
+    run = {
+        "model": seg.name,
+        "weights_sha256": state_dict_sha256(seg.model, adapters=True),
+        "serving": json.loads(json.dumps(seg.serving.to_dict(), default=str)),
+    }
     run.update({k: v for k, v in settings.items()})
     path = out / RUN
     if path.is_file():

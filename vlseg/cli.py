@@ -263,9 +263,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if args.image is not None and _is_dicom_seg_path(args.out):
         _check_dicom_seg_input(args.image)  # before the model loads and the volume is encoded
     if args.image is not None and args.out and not str(args.out).lower().endswith(".png"):
+        from pathlib import Path
+
         from vlseg.predictor import is_volume
 
-        if not is_volume(args.image):  # checked before the model loads
+        if Path(args.image).exists() and not is_volume(args.image):  # before the model loads
             raise SystemExit(
                 f"vlseg predict: {args.image} is a 2-D image, so its mask is a PNG; give --out "
                 "a .png path, e.g. --out mask.png (NIfTI and DICOM SEG masks are written for "

@@ -55,7 +55,8 @@ VERB = re.compile(
 TAIL = re.compile(
     r"(?:\s*\b(?:please|thanks|thank you|for me|too|as well|instead|again|located|"
     r"(?:segmented|outlined|highlighted|marked|shown)|(?:in|on) (?:this|the) "
-    r"(?:image|scan|slice|picture|photo)|if (?:any|present|there is one)|is|are|there)\b|"
+    r"(?:image|scan|slice|picture|photo)|if (?:any|present|there is one)|(?:is|are)\s+there|is|"
+    r"are)\b|"
     r"[\s.!?;:,])+$",
     re.IGNORECASE,
 )

@@ -91,6 +91,9 @@ def test_too_many_targets_are_capped_with_a_note():
         ("pixel size is 0.7mm, how big is the spleen", "how big is the spleen", (0.7, 0.7)),
         ("the liver spacing=0", "the liver", None),
         ("spacing 80 mm how big is the liver", "how big is the liver", None),
+        ("pixel size 0.5 cm how big is the liver", "how big is the liver", (5.0, 5.0)),
+        ("pixel size 50 µm", "", (0.05, 0.05)),
+        ("the pixel size is 0.5 mm, segment the liver", "segment the liver", (0.5, 0.5)),
         ("the liver", "the liver", None),
     ],
 )
@@ -117,6 +120,9 @@ def test_an_implausible_spacing_is_refused_with_a_note(text):
         ("how many slices have lesions", "lesions", "slices", ""),
         ("which slices show the liver?", "the liver", "slices", ""),
         ("on which slices is the spleen visible?", "the spleen", "slices", ""),
+        ("please, which slices have lesions?", "lesions", "slices", ""),
+        ("how big is the liver in mm3?", "the liver", "size", "mm"),
+        ("the lesion in cm", "the lesion", "size", "cm"),
     ],
 )
 def test_units_and_slice_questions_are_not_targets(text, target, measure, unit):
@@ -133,7 +139,18 @@ def test_editing_the_drawing_is_neither_a_target_nor_a_reset(text):
     assert intent.kind == "unknown" and "start over" in intent.note
 
 
-@pytest.mark.parametrize("text", ["remove the image", "start over", "clear all"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "remove the image",
+        "start over",
+        "clear all",
+        "remove the images",
+        "delete the CT scan",
+        "clear the conversation",
+        "remove the current image",
+    ],
+)
 def test_forgetting_the_image_is_still_a_reset(text):
     assert parse_message(text).kind == "reset"
 
@@ -247,3 +264,9 @@ def test_the_model_loads_once_and_examples_are_embedded_once(monkeypatch):
     for text in ["segment the kidney", "how big is the kidney", "segment the kidney"]:
         parse_message(text)
     assert calls == [["segment the thing"], ["how big is the thing"]]  # one per new message
+
+
+@pytest.mark.parametrize("text", ["the mass in CC view", "the mass in ML view"])
+def test_abbreviations_inside_a_target_are_not_units(text):
+    intent = parse_message(text)
+    assert intent.unit == "" and intent.targets == (text,)

@@ -354,6 +354,7 @@ def test_a_bare_finding_noun_not_found_gets_a_hint():
     assert vague_note([res("lesions", "absent")]) is not None
     assert vague_note([res("the lesion", "present")]) is None
     assert vague_note([res("the hepatic lesion", "absent")]) is None
+    assert vague_note([res("a lesion", "out-of-domain")]) is None  # the caution says why
 
 
 def test_unsure_for_an_unknown_word_says_why():

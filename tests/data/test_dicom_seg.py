@@ -251,3 +251,32 @@ def test_cli_predict_refuses_a_dicom_seg_for_other_inputs(phantom_series, tmp_pa
     with pytest.raises(SystemExit, match=f"{SEG_NEEDS_SERIES}.*--out mask.png"):
         cli_main([*base, "--image", str(png)])
     assert not (tmp_path / "m.dcm").exists()
+
+
+def test_a_sagittal_series_gets_one_frame_per_file(tmp_path):
+    """A sagittal series is shown as axial slices; its SEG's frames lie on its files."""
+    import copy
+
+    paths = write_dicom_series(tmp_path / "ax", np.zeros((6, 20, 24), np.int16), SPACING, seed=3)
+    axial = [pydicom.dcmread(p) for p in paths]
+    stack = np.stack([d.pixel_array for d in axial])
+    n, rows, cols = stack.shape
+    folder = tmp_path / "sag"
+    folder.mkdir()
+    for c in range(cols):
+        d = copy.deepcopy(axial[0])
+        img = np.ascontiguousarray(stack[::-1, :, c])
+        d.Rows, d.Columns = img.shape
+        d.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+        d.PixelSpacing = [SPACING[0], SPACING[1]]
+        d.ImagePositionPatient = [c * SPACING[2], 0, (n - 1) * SPACING[0]]
+        d.SOPInstanceUID = pydicom.uid.generate_uid()
+        d.PixelData = img.tobytes()
+        d.save_as(folder / f"s{c:02d}.dcm", enforce_file_format=True)
+    vol = read_volume(folder)
+    assert vol.meta["plane"] == "sagittal" and len(vol) == n and vol.shape[0] == cols
+    mask = np.zeros(vol.shape, bool)
+    mask[5:9, 2:4, 8:12] = True
+    out = write_mask_dicom_seg(tmp_path / "s.dcm", mask, vol, label="liver")
+    raw = pydicom.dcmread(out)
+    assert int(raw.NumberOfFrames) == int(mask.any((1, 2)).sum())  # the files with findings

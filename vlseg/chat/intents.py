@@ -141,8 +141,9 @@ _SPACING = [
     re.compile(r"\(?\b(\d*\.?\d+)\s*mm\s*(?:/|per)\s*(?:px|pixel)\)?()", re.IGNORECASE),
     # "pixel size is 0.7mm", "pixel size 0.7 x 0.8 mm", "0.7 mm pixels"
     re.compile(
-        r"\(?\bpixel\s+(?:size|width|dimensions?)\s*(?:=|:|of|is)?\s*(\d*\.?\d+)(?:\s*(?:x|×|,|by)"
-        r"\s*(\d*\.?\d+))?\s*(?:mm)?\)?",
+        r"\(?\b(?:(?:the|my|a|its)\s+)?pixel\s+(?:size|width|dimensions?)\s*(?:=|:|of|is)?\s*"
+        r"(\d*\.?\d+)(?![\d.])(?:\s*(?:x|×|,|by)\s*(\d*\.?\d+)(?![\d.]))?"
+        r"\s*(?P<unit>mm|cm|µm|μm|um|microns?)?\b\)?",
         re.IGNORECASE,
     ),
     re.compile(r"\(?\b(\d*\.?\d+)\s*mm\s+pixels?\)?()", re.IGNORECASE),
@@ -151,7 +152,7 @@ _SPACING = [
 _UNIT = re.compile(
     r"\s*\b(?:in|as|using)\s+(?P<u>square\s+(?:centi|milli)met(?:er|re)s|cubic\s+(?:centi|milli)"
     r"met(?:er|re)s|(?:centi|milli)met(?:er|re)s|millilit(?:er|re)s|mls?|cc|(?:cm|mm)(?:\^?[23]|[²³])?)"
-    r"(?![\w²³])",
+    r"(?![\w²³])(?=\s*(?:please)?\s*[?.!]*\s*(?:[,;]|$))",
     re.IGNORECASE,
 )
 # "how many slices have lesions", "which slices show the liver", "on which slices is the spleen"
@@ -183,7 +184,9 @@ _EDIT = re.compile(
     r"(?:remove|delete|erase|hide|clear|take\s+away|get\s+rid\s+of)\s+(?:that|it|this|"
     r"(?:the|that|this|all|all\s+the)\s+(?:last\s+)?(?:[\w'-]+\s+){0,3}?(?:outlines?|masks?|"
     r"overlays?|contours?|drawings?|annotations?|colou?rs?|highlights?|segmentations?)|"
-    r"the\s+(?!(?:image|scan|picture|photo|volume|file|upload|case|session|chat|patient)\b)"
+    r"the\s+(?!(?:[\w'-]+\s+){0,2}(?:images?|scans?|pictures?|photos?|volumes?|files?|uploads?|"
+    r"ct|mri|dicom|nifti|study|studies|series|data|screen|chat|conversation|history|session|"
+    r"cases?|patients?|whole\s+thing|everything)\b)"
     r"[\w'-]+(?:\s+[\w'-]+){0,2})(?:\s+(?:outline|mask|overlay|contour))?)(?:\s+please)?$",
     re.IGNORECASE,
 )
@@ -381,6 +384,8 @@ def parse_message(
     text, unit = extract_unit(text)
     text = text.strip()
     intent = _parse(text, previous, vocabulary, spacing)
+    if unit and intent.kind == "segment" and intent.targets and not intent.inside:
+        intent = replace(intent, kind="measure", measure="size")  # "the lesion in cm"
     if unit and intent.kind in ("measure", "segment"):
         intent = replace(intent, unit=unit)
     if spacing_note:
@@ -471,8 +476,10 @@ def _find_spacing(text: str):
         m = pattern.search(text)
         if m is None:
             continue
-        row = float(m.group(1))
-        col = float(m.group(2)) if m.group(2) else row
+        scale = {"cm": 10.0, "µm": 1e-3, "μm": 1e-3, "um": 1e-3, "micron": 1e-3, "microns": 1e-3}
+        unit = (m.groupdict().get("unit") or "mm").lower()
+        row = round(float(m.group(1)) * scale.get(unit, 1.0), 9)
+        col = round(float(m.group(2)) * scale.get(unit, 1.0), 9) if m.group(2) else row
         rest = " ".join((text[: m.start()] + " " + text[m.end() :]).split()).strip(" ,;:")
         stated = (row, col) if col != row else (row,)
         if lo <= row <= hi and lo <= col <= hi:
@@ -495,7 +502,9 @@ def extract_unit(text: str) -> tuple[str, str]:
     if m is None:
         return text, ""
     u = m.group("u").lower()
-    if u.startswith(("ml", "cc", "milli" + "lit", "cubic")) or u[-1] in "3³":
+    if u.startswith(("cubic milli", "mm")):  # mm, mm², mm³
+        unit = "mm"
+    elif u.startswith(("ml", "cc", "milli" + "lit", "cubic")) or u[-1] in "3³":
         unit = "ml"
     elif u.startswith(("cm", "centi", "square centi")):
         unit = "cm"
@@ -706,7 +715,7 @@ def _finish(intent: Intent, spacing, fixes: dict[str, str]) -> Intent:
 def _measure_grammar(text: str) -> tuple[str, str] | None:
     """(target, quantity) of a size or count question; target "" when it names none."""
     bare = text.strip(" ?.!")
-    m = _SLICES_WITH.fullmatch(bare)
+    m = _SLICES_WITH.fullmatch(_LEAD.sub("", bare).strip())
     if m:  # "how many slices have lesions?", "on which slices is the liver?"
         return _strip_command(m.group("x") or m.group("y")), "slices"
     prev = None

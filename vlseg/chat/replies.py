@@ -293,7 +293,11 @@ def vague_note(results: list) -> str | None:
     """A hint when a bare finding noun ("is there a lesion?") was not found: the model knows
     findings by where they are, so "the lesion" alone scores low where "the hepatic lesion"
     does not."""
-    vague = [r.text for r in results if _VAGUE.match(r.text.strip()) and r.verdict != "present"]
+    vague = [
+        r.text
+        for r in results
+        if _VAGUE.match(r.text.strip()) and r.verdict in ("absent", "unsure")
+    ]
     if not vague:
         return None
     return (

@@ -128,7 +128,7 @@ def read_source_datasets(volume: Volume) -> list[Any]:
 
     _check_series(volume)
     names = volume.meta.get("files")
-    if not names or len(names) != len(volume):
+    if not names or len(names) != volume.shape[0]:  # stored slices (files), not shown ones
         raise ValueError(
             f"{volume.source}: the volume does not record its DICOM files; pass "
             "source_datasets (the series' datasets)"
@@ -304,8 +304,9 @@ def _prepared(sources: list[Any], volume: Volume, *, copy: bool) -> list[Any]:
         fill = {kw: "" for kw in _TYPE2 if kw not in ds}
         if str(ds.get("PatientSex", "") or "") not in ("", "M", "F", "O"):
             fill["PatientSex"] = ""
-        if not ds.get("SliceThickness") and volume.spacing is not None:
-            fill["SliceThickness"] = f"{volume.spacing[0]:.6g}"
+        gap = (volume.meta.get("slice_gaps_mm") or {}).get("median")  # between the files
+        if not ds.get("SliceThickness") and gap:
+            fill["SliceThickness"] = f"{gap:.6g}"
         if fill:
             ds = deepcopy(ds) if copy else ds
             for kw, value in fill.items():
@@ -317,9 +318,9 @@ def _prepared(sources: list[Any], volume: Volume, *, copy: bool) -> list[Any]:
 def _in_slice_order(sources: list[Any], volume: Volume) -> list[Any]:
     """``sources`` matched to the volume's slices by SOPInstanceUID when it records them, else
     taken as given (which must be slice order)."""
-    if len(sources) != len(volume):
+    if len(sources) != volume.shape[0]:
         raise ValueError(
-            f"{volume.source}: {len(sources)} source datasets for a volume of {len(volume)} "
+            f"{volume.source}: {len(sources)} source datasets for a volume of {volume.shape[0]} "
             "slices; pass one dataset per slice"
         )
     uids = volume.meta.get("sop_instance_uids")

@@ -227,8 +227,8 @@ class Volume:
             level, width = check_window(window)
             return self._per_slice(lambda v: apply_window(v, level, width))
         gray = self._min_max()
-        if self.meta.get("invert") and not self.meta.get("ct"):  # HU are physical: never
-            np.subtract(255, gray, out=gray)
+        if self.meta.get("invert") and not self.meta.get("ct") and gray.any():  # HU: never;
+            np.subtract(255, gray, out=gray)  # a constant volume stays zeros
         return gray
 
     def display_uint8(self) -> np.ndarray:
