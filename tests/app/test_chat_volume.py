@@ -201,6 +201,7 @@ def test_segment_once_on_a_volume(service, volume_files):
     out = service.segment_once(str(volume_files["ct.nii.gz"]), "the liver")
     assert "present: " in out.reply and out.overlay is not None
     assert out.files[0].endswith(".nii.gz") and Path(out.files[0]).exists()
+    assert "slider" not in out.reply  # the one-picture panel has none
 
 
 @pytest.mark.parametrize(

@@ -762,7 +762,12 @@ class ChatService:
         """
         session = ChatSession()
         try:
-            return self.respond(session, text, [image] if image is not None else [])
+            out = self.respond(session, text, [image] if image is not None else [])
+            # this panel shows one picture: no slider to move
+            out.reply = out.reply.replace(
+                "move the **Slice** slider to see the others", "the NIfTI mask holds every slice"
+            )
+            return out
         finally:
             session.drop_image()
             if session.directory:
