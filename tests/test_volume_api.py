@@ -189,6 +189,8 @@ def test_a_sagittal_dicom_series_is_read_as_its_axial_slices(seg, phantom, tmp_p
         d.save_as(out / f"s{c:03d}.dcm", enforce_file_format=True)
     ax, sag = read_volume(tmp_path / "axial"), read_volume(out)
     assert sag.meta["plane"] == "sagittal" and sag.shape == (cols, n, rows)
+    assert (sag.resliced, sag.first_slice_end) == ("sagittal", "superior")
+    assert (ax.resliced, ax.first_slice_end) == (None, "inferior")
     # the same axial slices; in stored order along the superior-inferior axis (as NIfTI
     # shows a file), which these sagittal slices' rows run from superior to inferior
     np.testing.assert_array_equal(sag.values[::-1], ax.values)

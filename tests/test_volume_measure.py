@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from vlseg.volume import (
     agreeing_score,
@@ -140,3 +141,23 @@ def test_components_measured_in_the_box_match_the_whole_volume():
     vols, diam, where = measure_components(*remove_specks(vol[box], 1)[1:], (2.0, 1.0, 1.0))
     assert vols == whole[0] and diam == whole[1]
     assert [k + box[0].start for k in where] == whole[2]
+
+
+def test_diameter_ties_do_not_depend_on_float_noise_or_slice_order():
+    """Ties (several longest chords; several slices with the same longest diameter) are broken
+    by what is measured, not by float noise or the order slices are stored in (a resliced
+    sagittal series reverses the slices of its axial twin)."""
+    region = np.zeros((24, 24), bool)
+    region[5:13, 5:11] = True  # two diagonals tie for the longest diameter
+    region[8, 11] = True  # a bump that makes their perpendiculars differ
+    want = axial_diameters(region, (0.8, 0.8))
+    # float noise in a spacing (DICOM positions) picks the same chord among the tied ones
+    for sp in ((0.8 - 1e-14, 0.8), (0.8, 0.8 + 1e-14)):
+        assert axial_diameters(region, sp) == pytest.approx(want, abs=1e-9)
+    stack = np.zeros((5, 24, 24), bool)
+    stack[:] = ndimage.binary_erosion(region)
+    stack[1] = stack[2] = region  # slices 1 and 2 tie; 2 is the component's middle
+    labels = stack.astype(np.int32)
+    _, diam, where = measure_components(labels, 1, (3.0, 0.8, 0.8))
+    _, diam_r, where_r = measure_components(labels[::-1].copy(), 1, (3.0, 0.8, 0.8))
+    assert diam[0] == pytest.approx(diam_r[0]) and where_r[0] == 4 - where[0] == 2

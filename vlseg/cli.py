@@ -390,6 +390,14 @@ def _predict_volume(seg, args: argparse.Namespace) -> int:
         vol = res.component_volumes_ml[i - 1]
         unit, vunit = ("mm", "mL") if res.spacing else ("px", "voxels")
         print(f"  finding {i}: {vol:.2f} {vunit}, {long:.1f} x {short:.1f} {unit} on slice {k}")
+    volume = encoded.volume
+    if res.diameters_mm and (volume.resliced or volume.first_slice_end):
+        where = [f"slices are axial (its {volume.resliced} images resliced)"] * bool(
+            volume.resliced
+        )
+        if volume.first_slice_end:
+            where.append(f"slice 0 is the most {volume.first_slice_end}")
+        print(f"  ({'; '.join(where)})")
     if res.unfamiliar:
         print(
             f"note: the model was not trained on {', '.join(map(repr, res.unfamiliar))}",

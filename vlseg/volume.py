@@ -406,24 +406,32 @@ def axial_diameters(
     except QhullError:  # collinear corners cannot happen for squares, but stay safe
         hull = corners
     d = np.linalg.norm(hull[:, None] - hull[None], axis=-1)
-    i, j = np.unravel_index(int(np.argmax(d)), d.shape)
-    long = float(d[i, j])
-    u = (hull[j] - hull[i]) / max(long, 1e-12)
-    v = np.array([-u[1], u[0]])
-    # The perpendicular: for strips across the long axis, the extent of the pixels in each
-    # strip along v; the longest such chord.
+    long = float(d.max())
     centres = np.stack([(rows + 0.5) * sy, (cols + 0.5) * sx], 1)
+    # Several hull pairs can tie for the longest diameter (a square's two diagonals): take the
+    # one with the longest perpendicular, so the answer does not depend on pixel order.
+    pairs = np.argwhere(np.triu(d >= long - 1e-6 * max(long, 1.0), 1))
+    short = max(_perpendicular(hull[j] - hull[i], long, centres, sy, sx) for i, j in pairs)
+    return long, min(short, long)
+
+
+def _perpendicular(axis, long, centres, sy, sx) -> float:
+    """The longest chord perpendicular to ``axis``: for strips across it, the extent of the
+    pixels in each strip along the perpendicular."""
+    u = axis / max(long, 1e-12)
+    v = np.array([-u[1], u[0]])
     along = centres @ u
     across = centres @ v
     half = 0.5 * (abs(v[0]) * sy + abs(v[1]) * sx)  # a pixel's half extent along v
     step = min(sy, sx)
-    bins = np.floor((along - along.min()) / step).astype(np.int64)
+    # + 1e-9: pixels on a strip boundary fall in the same strip whatever float noise the
+    # spacing carries (DICOM slice positions give 3.11869999999999 for 3.1187)
+    bins = np.floor((along - along.min()) / step + 1e-9).astype(np.int64)
     lo = np.full(bins.max() + 1, np.inf)
     hi = np.full(bins.max() + 1, -np.inf)
     np.minimum.at(lo, bins, across)
     np.maximum.at(hi, bins, across)
-    short = float(np.max(hi - lo)) + 2 * half
-    return long, min(short, long)
+    return float(np.max(hi - lo)) + 2 * half
 
 
 def measure_components(
@@ -447,14 +455,18 @@ def measure_components(
     boxes = ndimage.find_objects(labels)
     for comp in range(1, min(n, max_measured) + 1):
         box = boxes[comp - 1]
-        best, best_k = (0.0, 0.0), box[0].start
+        best, best_k, best_key = (0.0, 0.0), box[0].start, None
+        mid = (box[0].start + box[0].stop - 1) / 2.0
         for k in range(box[0].start, box[0].stop):
             region = labels[k, box[1], box[2]] == comp
             if not region.any():
                 continue
             d = axial_diameters(region, sp2)
-            if d[0] > best[0]:
-                best, best_k = d, k
+            # the longest axis; on a tie the longer perpendicular, then the slice nearest the
+            # component's middle: the same slice whichever way the file orders its slices
+            key = (round(d[0], 6), round(d[1], 6), -abs(k - mid))
+            if best_key is None or key > best_key:
+                best, best_k, best_key = d, k, key
         diameters.append(best)
         where.append(int(best_k))
     return volumes, diameters, where

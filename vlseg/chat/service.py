@@ -395,7 +395,14 @@ class ChatService:
             spacing = "voxel spacing unknown, so sizes will be in voxels and pixels"
         else:
             spacing = f"slices {sp[0]:.3g} mm apart, pixels {sp[1]:.3g} × {sp[2]:.3g} mm"
-        return f"a volume of {n} slices of {w} × {h} px ({spacing})"
+        facts = f"a volume of {n} slices of {w} × {h} px ({spacing})"
+        if vol.resliced:
+            facts += (
+                f"; its {vol.resliced} images are shown as axial slices, the plane this model reads"
+            )
+        if vol.first_slice_end:
+            facts += f"; slice 0 is the most {vol.first_slice_end}"
+        return facts
 
     def _volume_notes(self, session: ChatSession, *, facts: bool = True) -> list[str]:
         """Remarks on a volume just loaded: what it is (with ``facts``), and its geometry's

@@ -173,6 +173,26 @@ class Volume:
             f"ct={bool(self.meta.get('ct'))})"
         )
 
+    @property
+    def first_slice_end(self) -> str | None:
+        """Which end of the body slice 0 is at, "inferior" or "superior", from the affine (None
+        for an array or a file whose slices are not ordered along superior-inferior)."""
+        if self.meta.get("format") in (None, "array"):
+            return None
+        z = float(self.affine[2, self.layout.axes[0]])
+        axis = np.abs(self.affine[:3, self.layout.axes[0]])
+        if abs(z) < 1e-6 or int(np.argmax(axis)) != 2:
+            return None
+        return "inferior" if z > 0 else "superior"
+
+    @property
+    def resliced(self) -> str | None:
+        """The plane a DICOM series was stored in ("sagittal", "coronal", ...) when it is shown
+        resliced to axial slices, else None."""
+        if self.meta.get("format") == "dicom-series" and self.layout.shape3 is not None:
+            return str(self.meta.get("plane") or "another")
+        return None
+
     # ---- stored <-> display ----------------------------------------------------------------
 
     def _shape3(self) -> tuple[int, int, int]:
@@ -893,7 +913,7 @@ def _read_dicom_series(members: Any, source: str, max_voxels: int) -> Volume:
         meta["slice_gaps_mm"] = None
         meta["irregular_spacing"] = None
     else:
-        gap = float(np.median(gaps))
+        gap = round(float(np.median(gaps)), 6)  # positions carry float noise (1e-14 mm)
         lo, hi = float(gaps.min()), float(gaps.max())
         irregular = hi / lo > _IRREGULAR_GAP_RATIO
         meta["slice_gaps_mm"] = {"min": lo, "median": gap, "max": hi}
