@@ -368,3 +368,25 @@ def test_unsure_for_an_unknown_word_says_why():
     assert "not trained on *organs*" in line and "unsure whether" not in line
     r.unfamiliar = []
     assert "unsure whether it is there (presence 1.00)" in describe(r)
+
+
+def test_one_asked_label_is_weighed_against_its_own_label_set(service):
+    serving = service.segmenter.serving
+    old = serving.label_sets
+    serving.label_sets = {
+        "ct": {"labels": "phantom-ct"},
+        "dermoscopy": {"labels": "phantom-dermoscopy"},
+    }
+    try:
+        rivals = service._rivals("Melanoma")
+        assert "nevus" in rivals and "normal liver" not in rivals
+        assert service._rivals("a cat") == list(service.labels)  # in no set: the defaults
+    finally:
+        serving.label_sets = old
+
+
+def test_loader_errors_read_without_python_class_names():
+    from vlseg.chat.replies import readable_error
+
+    exc = OSError("cannot read x.png (UnidentifiedImageError: cannot identify image file)")
+    assert readable_error(exc, None, "x.png") == "cannot read x.png (cannot identify image file)"

@@ -327,6 +327,7 @@ def readable_error(exc: Exception, path: Any, name: str) -> str:
     if isinstance(path, (str, os.PathLike)):
         msg = msg.replace(str(path), name)
     msg = re.sub(r"(/[\w.\-]+)+/", "", msg)  # any other absolute directory
+    msg = re.sub(r"\b[A-Z]\w*(?:Error|Exception):\s*", "", msg)  # Python class names
     return md_escape(msg[:400])
 
 

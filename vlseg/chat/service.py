@@ -646,11 +646,26 @@ class ChatService:
             files=files,
         )
 
+    def _rivals(self, label: str) -> list[str]:
+        """The labels one asked-about label is weighed against: the model's label set that
+        holds it ("melanoma": the dermoscopy classes, not "normal liver"), else its defaults."""
+        from prompts import load_labels
+
+        for entry in (self.segmenter.serving.label_sets or {}).values():
+            table = entry.get("labels")
+            try:
+                codes = list(load_labels(table)) if isinstance(table, str) else list(table or ())
+            except (OSError, ValueError):
+                continue
+            if label.lower() in (c.lower() for c in codes):
+                return codes
+        return list(self.labels)
+
     def _classify(self, session: ChatSession, intent: Intent, notes: list[str], view: dict):
         labels = list(intent.targets) or list(self.labels)
         asked = list(intent.targets)
-        if len(labels) == 1:  # "is it a melanoma?": weigh it against the default labels
-            labels += [x for x in self.labels if x.lower() != labels[0].lower()]
+        if len(labels) == 1:  # "is it a melanoma?": weigh it against its own kind of labels
+            labels += [x for x in self._rivals(labels[0]) if x.lower() != labels[0].lower()]
         if len(labels) < 2:
             return TurnOutput(
                 join_notes(
