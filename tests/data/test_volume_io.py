@@ -533,3 +533,9 @@ def test_monochrome1_without_hounsfield_units_is_inverted_for_the_model(tmp_path
     assert not m1.meta["ct"] and m1.meta["invert"]
     np.testing.assert_array_equal(m1.to_uint8(None), m2.to_uint8(None))
     np.testing.assert_array_equal(m1.display_uint8(), m2.display_uint8())
+
+
+def test_a_channels_first_colour_array_warns() -> None:
+    with pytest.warns(UserWarning, match=r"channels-first colour image.*moveaxis"):
+        vol = read_volume(np.zeros((3, 16, 20), np.uint8))
+    assert len(vol) == 3

@@ -510,6 +510,12 @@ def _read_array(
             f"{arr.shape[0]} slices of {arr.shape[1]}x{arr.shape[2]}",
             stacklevel=3,
         )
+    if spacing is None and arr.shape[0] in (3, 4) and arr.dtype == np.uint8:
+        warnings.warn(
+            f"{name} is read as a volume of {arr.shape[0]} slices; if it is a channels-first "
+            "colour image, pass np.moveaxis(image, 0, -1) (H x W x C) instead",
+            stacklevel=3,
+        )
     values = np.ascontiguousarray(arr, dtype=np.float32)
     affine = np.diag([*(spacing or (1.0, 1.0, 1.0)), 1.0])
     meta = {
