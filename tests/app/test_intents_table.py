@@ -350,6 +350,38 @@ LATER = [
 QUESTION_WORDS = re.compile(r"\b(how|big|many|much|volume|size|large|area|number)\b", re.I)
 
 
+# Written with the slice navigation, units and "can't edit" replies (tenth session), as users
+# type them; most are not in the unit tests of those features. Held to 90% like LATER.
+NAVIGATION_AND_UNITS = [
+    R("next slice please", "slice", None, k=1, relative=True),
+    R("go back one slice", "slice", None, k=-1, relative=True),
+    R("previous slice", "slice", None, k=-1, relative=True),
+    R("show me slice 20", "slice", None, k=20),
+    R("jump to slice #7", "slice", None, k=7),
+    R("slice 0", "slice", None, k=0),
+    R("the last slice", "slice", None, k=-1),
+    R("3 slices up", "slice", None, k=3, relative=True),
+    R("which slices contain the spleen?", "measure", ("the spleen",), measure="slices"),
+    R("on which slices are the kidneys?", "measure", ("the kidneys",), measure="slices"),
+    R("how many slices show lesions", "measure", ("lesions",), measure="slices"),
+    R("how big is the spleen in cm", "measure", ("the spleen",), unit="cm"),
+    R("what's the volume of the liver in ml?", "measure", ("the liver",), unit="ml"),
+    R("liver size in mm please", "measure", ("liver",), unit="mm"),
+    R("area of the lesion in cm²?", "measure", ("the lesion",), unit="cm"),
+    R("the spleen in cm", "measure", ("the spleen",), unit="cm"),
+    R("undo that", "unknown"),
+    R("remove the liver outline", "unknown"),
+    R("hide the kidneys please", "unknown"),
+    R("erase the mask", "unknown"),
+    R("clear the outlines", "unknown"),
+    R("delete the scan", "reset"),
+    R("start again with a new image", "reset"),
+    R(
+        "pixel size is 0.6 mm, how big is the liver?", "measure", ("the liver",), spacing=(0.6, 0.6)
+    ),  # fmt: skip
+]
+
+
 def check(row) -> str | None:
     """None when ``row`` is read right, else what went wrong."""
     message, kind, args, extras = row
@@ -391,6 +423,12 @@ def test_later_rows_accuracy():
     errors = [e for e in map(check, LATER) if e]
     print(f"\nlater rows: {1 - len(errors) / len(LATER):.1%} of {len(LATER)} right")
     assert 1 - len(errors) / len(LATER) >= 0.9, "\n".join(errors)
+
+
+def test_navigation_and_unit_rows():
+    errors = [e for e in map(check, NAVIGATION_AND_UNITS) if e]
+    print(f"\nnavigation/unit rows: {1 - len(errors) / len(NAVIGATION_AND_UNITS):.1%} right")
+    assert 1 - len(errors) / len(NAVIGATION_AND_UNITS) >= 0.9, "\n".join(errors)
 
 
 @pytest.mark.parametrize("row", MEASURE, ids=lambda r: r[0])

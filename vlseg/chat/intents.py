@@ -174,7 +174,9 @@ _STEP_SLICE = re.compile(
     r"^(?:(?:please\s+)?(?:go\s+to|goto|show(?:\s+me)?|move\s+to|jump\s+to)\s+)?(?:the\s+)?"
     r"(?P<w>next|following|previous|prev|preceding|first|last)\s+slice(?:\s+please)?$"
     r"|^(?:(?:go|move|step)\s+)?(?P<n>one|two|three|four|five|\d+)?\s*slices?\s+"
-    r"(?P<d>up|down|forward|back|backward|further|higher|lower)(?:\s+please)?$",
+    r"(?P<d>up|down|forward|back|backward|further|higher|lower)(?:\s+please)?$"
+    r"|^(?:go|move|step)\s+(?P<d2>back|backward|forward|up|down)\s+(?:by\s+)?"
+    r"(?P<n2>one|two|three|four|five|a|\d+)?\s*slices?(?:\s+please)?$",
     re.IGNORECASE,
 )
 # "undo", "remove that", "hide the liver", "clear the mask": editing the drawing, which the chat
@@ -407,9 +409,10 @@ def _parse(text: str, previous, vocabulary, spacing) -> Intent:
         if word:
             return Intent("slice", (), spacing, k=1 if word in ("next", "following") else -1,
                           relative=True)  # fmt: skip
-        n = step.group("n") or "1"
+        n = step.group("n") or step.group("n2") or "1"
         n = int(n) if n.isdigit() else _NUMBERS.get(n.lower(), 1)
-        back = step.group("d").lower() in ("down", "back", "backward", "lower")
+        direction = (step.group("d") or step.group("d2")).lower()
+        back = direction in ("down", "back", "backward", "lower")
         return Intent("slice", (), spacing, k=-n if back else n, relative=True)
     if not re.search(r"[^\W_]", text):  # "?", "??": no words at all
         return Intent("help", (), spacing)
