@@ -148,7 +148,8 @@ def _resolve_base(name_or_path: str | os.PathLike | None, allow_untrained: bool)
         raise ValueError(
             f"{name_or_path!r} has no trained vlseg weights here: its decoder would be random "
             f"(on {towers}), so its masks and scores would be noise. Train it first (vlseg "
-            f"train --model {name_or_path} ...; or vlseg tune) and load the run's checkpoint "
+            f"train --config CONFIG.yaml model={name_or_path}; or vlseg tune) and load the "
+            "run's checkpoint "
             "directory (e.g. runs/train/best), or pass allow_untrained=True to build it "
             "untrained for training or testing"
         )
