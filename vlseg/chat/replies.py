@@ -167,6 +167,18 @@ def short_measure(r: SegmentationResult) -> str:
     return f"{r.area_mm2:,.1f} mm²" if r.area_mm2 is not None else f"{r.area_px:,} px"
 
 
+def _unsure_text(name: str, r: SegmentationResult | VolumeResult, tentative: str) -> str:
+    """An "unsure" line: why, when the prompt has words the model does not know and it still
+    found something (a high presence with unknown words is not "maybe there")."""
+    if r.unfamiliar and r.score >= 0.5:
+        words = ", ".join(f"*{md_escape(w)}*" for w in r.unfamiliar[:4])
+        return (
+            f"{name}: unsure: this model was not trained on {words}, so what it outlines "
+            f"may not be what you mean (presence {r.score:.2f}){tentative}"
+        )
+    return f"{name}: unsure whether it is there (presence {r.score:.2f}){tentative}"
+
+
 def describe(r: SegmentationResult) -> str:
     """One reply line, e.g. "**the liver**: area 1,234 px (345.6 mm²), 1 connected component"."""
     name = f"**{md_escape(r.text)}**"
@@ -177,13 +189,7 @@ def describe(r: SegmentationResult) -> str:
         )
     if r.verdict == "unsure":
         tentative = f"; a tentative outline covers {area_text(r)}" if r.area_px else ""
-        if r.unfamiliar and r.score >= 0.5:  # found something, but maybe not what was meant
-            words = ", ".join(f"*{md_escape(w)}*" for w in r.unfamiliar[:4])
-            return (
-                f"{name}: unsure: this model was not trained on {words}, so what it outlines "
-                f"may not be what you mean (presence {r.score:.2f}){tentative}"
-            )
-        return f"{name}: unsure whether it is there (presence {r.score:.2f}){tentative}"
+        return _unsure_text(name, r, tentative)
     if not r.present:
         return f"{name}: not found (presence {r.score:.2f})"
     comps = f"{r.n_components} connected component" + ("s" if r.n_components != 1 else "")
@@ -241,13 +247,7 @@ def describe_volume(r: VolumeResult) -> str:
             if r.voxels
             else ""
         )
-        if getattr(r, "unfamiliar", None) and r.score >= 0.5:
-            words = ", ".join(f"*{md_escape(w)}*" for w in r.unfamiliar[:4])
-            return (
-                f"{name}: unsure: this model was not trained on {words}, so what it outlines "
-                f"may not be what you mean (presence {r.score:.2f}){tentative}"
-            )
-        return f"{name}: unsure whether it is there (presence {r.score:.2f}){tentative}"
+        return _unsure_text(name, r, tentative)
     if not r.present:
         return f"{name}: not found (presence {r.score:.2f})"
     n = r.n_components
@@ -304,6 +304,12 @@ def vague_note(results: list) -> str | None:
         f"_*{md_escape(vague[0])}* alone is vague for this model: name where it is, e.g. *the "
         "hepatic lesion* or *the renal cyst* on a CT, *the skin lesion* on a dermoscopy photo._"
     )
+
+
+def caution_text(results: list) -> str | None:
+    """The cautions a segmentation reply ends with (unknown words, a vague finding noun)."""
+    notes = [n for n in (unfamiliar_note(results), vague_note(results)) if n]
+    return "\n\n".join(notes) or None
 
 
 def file_path(f: Any) -> Any:

@@ -46,6 +46,7 @@ from .replies import (
     SUPPORTED,
     THANKS_TEXT,
     UNKNOWN_TEXT,
+    caution_text,
     clarify_text,
     clean_text,
     count_text,
@@ -61,9 +62,7 @@ from .replies import (
     short_measure,
     short_measure_volume,
     slices_text,
-    unfamiliar_note,
     unique_labels,
-    vague_note,
 )
 from .session import (
     ChatSession,
@@ -254,12 +253,7 @@ class ChatService:
         if intent.kind == "measure":  # "how big is it?", "how many lesions?"
             return self._measure(session, intent, notes, view)
         if intent.kind == "slice":  # "go to slice 8", "next slice"
-            k = intent.k
-            if session.is_volume and intent.relative:
-                k = min(max(session.slice_index + k, 0), session.n_slices - 1)
-            elif session.is_volume and k == -1:
-                k = session.n_slices - 1
-            return self._goto_slice(session, k, notes, view)
+            return self._goto_slice(session, intent, notes, view)
         if not intent.targets:
             return TurnOutput(join_notes(notes, self._ask_for_target(session, uploaded)), **view)
         return self._segment(session, intent.targets, notes, inside=intent.inside)
@@ -503,16 +497,21 @@ class ChatService:
         lines = [describe_volume(r) for r in results]
         body = lines[0] if len(lines) == 1 else "\n".join(f"- {line}" for line in lines)
         found = any(r.voxels for r in results)
+        others = (
+            "move the **Slice** slider to see the others"
+            if session.slider
+            else "the NIfTI mask holds every slice"
+        )
         body += (
-            f"\n\nShown: slice {k} (of 0–{len(vol) - 1}); move the **Slice** slider to see the "
-            "others. The mask downloads as NIfTI, aligned with your file."
+            f"\n\nShown: slice {k} (of 0–{len(vol) - 1}); {others}. The mask downloads as "
+            "NIfTI, aligned with your file."
             if found
             else f"\n\nShown: slice {k} (of 0–{len(vol) - 1})."
         )
         if found and vol.spacing is None and not session.spacing_hint_given:
             session.spacing_hint_given = True
             body += "\n\n_Sizes are in voxels and pixels because the file gives no voxel spacing._"
-        caution = "\n\n".join(n for n in (unfamiliar_note(results), vague_note(results)) if n)
+        caution = caution_text(results)
         if caution:
             body += "\n\n" + caution
         return TurnOutput(
@@ -572,8 +571,9 @@ class ChatService:
             )
         return out
 
-    def _goto_slice(self, session: ChatSession, k: int, notes: list[str], view: dict):
-        """Show slice ``k`` of the volume with the last answer's outlines (the slider follows)."""
+    def _goto_slice(self, session: ChatSession, intent: Intent, notes: list[str], view: dict):
+        """Show the slice a ``slice`` intent names (an index, -1 for the last, or a step from
+        the slice shown, clamped) with the last answer's outlines (the slider follows)."""
         if not session.is_volume:
             body = (
                 "This is a single 2-D image; slices apply to volumes (a 3-D NIfTI or a .zip "
@@ -581,6 +581,11 @@ class ChatService:
             )
             return TurnOutput(join_notes(notes, body), **view)
         n = session.n_slices
+        k = intent.k
+        if intent.relative:
+            k = min(max(session.slice_index + k, 0), n - 1)
+        elif k == -1:
+            k = n - 1
         if not 0 <= k < n:
             body = f"The volume has slices 0 to {n - 1}; slice {k} is not one of them."
             return TurnOutput(join_notes(notes, body), **view)
@@ -631,7 +636,7 @@ class ChatService:
                 "\n\n_Areas are in pixels because the pixel spacing is unknown; add e.g. "
                 "*spacing 0.8 mm* to a message to get mm²._"
             )
-        caution = "\n\n".join(n for n in (unfamiliar_note(results), vague_note(results)) if n)
+        caution = caution_text(results)
         if caution:
             body += "\n\n" + caution
         shown = [f"{label} ({short_measure(r)})" for label, r in zip(labels, results, strict=True)]
@@ -782,14 +787,9 @@ class ChatService:
 
         Files of the last 64 calls are kept (gradio copies them out before then).
         """
-        session = ChatSession()
+        session = ChatSession(slider=False)  # this panel shows one picture: no slider
         try:
-            out = self.respond(session, text, [image] if image is not None else [])
-            # this panel shows one picture: no slider to move
-            out.reply = out.reply.replace(
-                "move the **Slice** slider to see the others", "the NIfTI mask holds every slice"
-            )
-            return out
+            return self.respond(session, text, [image] if image is not None else [])
         finally:
             session.drop_image()
             if session.directory:

@@ -67,6 +67,8 @@ class ChatSession:
             "yes" picks one), or ().
         sent_files: files a front end has already sent to this session's client (it may send
             them again as references rather than files).
+        slider: whether the front end shows a slice slider (False for the one-picture
+            ``segment`` endpoint: replies then do not point to one).
     """
 
     encoded: EncodedImage | EncodedVolume | None = None
@@ -83,6 +85,7 @@ class ChatSession:
     last_kind: str = ""
     pending: tuple[Any, ...] = ()
     sent_files: set[str] = field(default_factory=set, repr=False)
+    slider: bool = True
 
     @property
     def image(self) -> LoadedImage | None:
